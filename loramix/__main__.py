@@ -1,0 +1,3 @@
+from loramix.cli import main
+
+main()

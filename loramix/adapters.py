@@ -1,0 +1,304 @@
+"""Read, validate and write PEFT LoRA adapters: the only adapter I/O in loramix.
+
+An adapter on disk is a folder with `adapter_config.json` and `adapter_model.safetensors`, keys like
+`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. In memory it is an `Adapter`: the
+parsed config plus one `LoraModule` (A, B, scale) per wrapped linear, keyed by the module's path in
+the base model (`model.layers.0.self_attn.q_proj`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loramix.errors import AdapterError
+
+if TYPE_CHECKING:
+    import torch
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+PREFIX = "base_model.model."
+_A_SUFFIX, _B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+# key fragment -> what it is, for inputs that cannot be merged exactly
+_UNMERGEABLE_KEYS = {
+    "lora_magnitude_vector": "DoRA magnitude vectors",
+    "lora_embedding_A": "embedding LoRA",
+    "lora_embedding_B": "embedding LoRA",
+    "modules_to_save": "modules_to_save (fully trained copies of base modules)",
+    "trainable_tokens": "trainable token embeddings",
+}
+
+
+@dataclass
+class LoraModule:
+    """One wrapped linear: ΔW = scale · B @ A, A is (r, in), B is (out, r)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in) of the base weight this delta is added to."""
+        return (self.B.shape[0], self.A.shape[1])
+
+    def delta(self, r0: int = 0, r1: int | None = None) -> torch.Tensor:
+        """Rows r0:r1 of the (out, in) delta in float32 (all of it by default)."""
+        return self.scale * (self.B[r0:r1].float() @ self.A.float())
+
+
+@dataclass
+class Adapter:
+    path: Path | None
+    config: dict
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "adapter"
+
+    @property
+    def base(self) -> str:
+        return str(self.config.get("base_model_name_or_path") or "")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.modules.values())).A.dtype
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(m.A.numel() + m.B.numel() for m in self.modules.values())
+
+    def sha256(self) -> str | None:
+        if self.path is None:
+            return None
+        return hashlib.sha256((self.path / WEIGHTS_NAME).read_bytes()).hexdigest()
+
+
+def pattern_value(patterns: dict, module: str, default):
+    """PEFT's rank_pattern/alpha_pattern lookup: the first key that matches the end of the name."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def module_scale(config: dict, module: str, rank: int) -> float:
+    alpha = pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8))
+    if config.get("use_rslora"):
+        return float(alpha) / math.sqrt(rank)
+    return float(alpha) / rank
+
+
+def read_adapter(path: str | Path) -> Adapter:
+    """Load and validate one adapter folder; every problem is an `AdapterError` naming the file."""
+    path = Path(path)
+    config = _read_config(path)
+    tensors = _read_weights(path)
+    modules = _build_modules(path, config, tensors)
+    return Adapter(path=path, config=config, modules=modules)
+
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        raise AdapterError(f"{path}: no such adapter folder")
+    if not path.is_dir():
+        raise AdapterError(
+            f"{path}: is a file, not an adapter folder",
+            hint=f"an adapter is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}",
+        )
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise AdapterError(f"{cfg_path}: missing; {path} is not a PEFT adapter folder")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})")
+    except UnicodeDecodeError:
+        raise AdapterError(f"{cfg_path}: not valid JSON (not UTF-8 text)")
+    if not isinstance(config, dict):
+        raise AdapterError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
+    _check_config(cfg_path, config)
+    return config
+
+
+def _check_config(cfg_path: Path, config: dict) -> None:
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterError(f"{cfg_path}: peft_type is {peft_type}; loramix merges LoRA adapters only")
+    refused = []
+    if config.get("use_dora"):
+        refused.append("DoRA (use_dora: true)")
+    if config.get("modules_to_save"):
+        refused.append(f"modules_to_save {config['modules_to_save']}")
+    if config.get("bias", "none") not in ("none", None):
+        refused.append(f"trained biases (bias: {config['bias']!r})")
+    if config.get("lora_bias"):
+        refused.append("LoRA biases (lora_bias: true)")
+    if refused:
+        raise AdapterError(
+            f"{cfg_path}: cannot be merged exactly: {'; '.join(refused)}",
+            hint="loramix never drops parts of an adapter silently; retrain or strip them first",
+        )
+    if not str(config.get("base_model_name_or_path") or "").strip():
+        raise AdapterError(
+            f"{cfg_path}: records no base model (base_model_name_or_path is empty)",
+            hint="set base_model_name_or_path to the model the adapter was trained on",
+        )
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        pickled = [n for n in PICKLE_NAMES if (path / n).exists()]
+        if pickled:
+            raise AdapterError(
+                f"{path / pickled[0]}: pickled weights; loramix reads safetensors only and never unpickles",
+                hint=f"convert it to {WEIGHTS_NAME} in a trusted environment",
+            )
+        raise AdapterError(f"{weights}: missing")
+    try:
+        return load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type, or OSError/ValueError
+        raise AdapterError(f"{weights}: not a readable safetensors file, truncated or corrupt ({e})")
+
+
+def _build_modules(path: Path, config: dict, tensors: dict) -> dict[str, LoraModule]:
+    weights = path / WEIGHTS_NAME
+    _refuse_unmergeable_keys(weights, tensors)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        for suffix, part in ((_A_SUFFIX, "A"), (_B_SUFFIX, "B")):
+            if key.endswith(suffix):
+                name = key[: -len(suffix)]
+                name = name[len(PREFIX) :] if name.startswith(PREFIX) else name
+                pairs.setdefault(name, {})[part] = t
+                break
+        else:
+            raise AdapterError(f"{weights}: unexpected tensor {key!r}; not a LoRA A/B weight")
+    if not pairs:
+        raise AdapterError(f"{weights}: holds no LoRA weights")
+    return {name: _build_module(weights, config, name, p) for name, p in sorted(pairs.items())}
+
+
+def _refuse_unmergeable_keys(weights: Path, tensors: dict) -> None:
+    found: dict[str, list[str]] = {}
+    for key in tensors:
+        for fragment, what in _UNMERGEABLE_KEYS.items():
+            if fragment in key:
+                found.setdefault(what, []).append(key)
+        if key.endswith(".bias") and "lora_" in key:
+            found.setdefault("LoRA biases", []).append(key)
+    if found:
+        parts = [f"{what} ({keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''})" for what, keys in found.items()]
+        raise AdapterError(
+            f"{weights}: cannot be merged exactly: {'; '.join(parts)}",
+            hint="loramix never drops parts of an adapter silently; retrain or strip them first",
+        )
+
+
+def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraModule:
+    import torch
+
+    if set(pair) != {"A", "B"}:
+        missing = "lora_B" if "B" not in pair else "lora_A"
+        raise AdapterError(f"{weights}: module {name} has no {missing} weight")
+    A, B = pair["A"], pair["B"]
+    if A.dim() != 2 or B.dim() != 2:
+        raise AdapterError(f"{weights}: module {name} is not a linear LoRA (A has shape {tuple(A.shape)})")
+    if A.shape[0] != B.shape[1]:
+        raise AdapterError(
+            f"{weights}: module {name}: shapes disagree, lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}"
+        )
+    expected = pattern_value(config.get("rank_pattern"), name, config.get("r", A.shape[0]))
+    if int(expected) != A.shape[0]:
+        raise AdapterError(
+            f"{weights}: module {name} has rank {A.shape[0]} but {CONFIG_NAME} says r={expected}"
+        )
+    for part, t in (("lora_A", A), ("lora_B", B)):
+        if not torch.isfinite(t).all():
+            raise AdapterError(f"{weights}: module {name} {part} holds NaN or Inf values")
+    return LoraModule(A=A, B=B, scale=module_scale(config, name, A.shape[0]))
+
+
+def check_compatible(adapters: list[Adapter]) -> None:
+    """Refuse adapters that do not share a base, an orientation, or module shapes."""
+    first = adapters[0]
+    shapes: dict[str, tuple[tuple[int, int], Adapter]] = {}
+    for a in adapters:
+        if _norm_base(a.base) != _norm_base(first.base):
+            raise AdapterError(
+                f"adapters for different bases: {first.path} was trained on {first.base!r}, "
+                f"{a.path} on {a.base!r}"
+            )
+        if bool(a.config.get("fan_in_fan_out")) != bool(first.config.get("fan_in_fan_out")):
+            raise AdapterError(f"{first.path} and {a.path} disagree on fan_in_fan_out")
+        for name, m in a.modules.items():
+            seen = shapes.setdefault(name, (m.shape, a))
+            if seen[0] != m.shape:
+                raise AdapterError(
+                    f"module {name} has shape {seen[0]} in {seen[1].path} but {m.shape} in {a.path}",
+                    hint="the adapters were trained on different models",
+                )
+
+
+def _norm_base(base: str) -> str:
+    return base.rstrip("/")
+
+
+def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
+    """A clean PEFT LoRA config for modules whose scale is baked into B (runtime scale 1).
+
+    The most common rank becomes `r` (and `lora_alpha`); other modules get `rank_pattern` and
+    `alpha_pattern` entries equal to their rank, so every module's scale is exactly 1.
+    """
+    counts: dict[int, int] = {}
+    for r in ranks.values():
+        counts[r] = counts.get(r, 0) + 1
+    r = max(counts, key=lambda k: (counts[k], k))
+    pattern = {re.escape(name): rk for name, rk in ranks.items() if rk != r}
+    config = {k: v for k, v in template.items() if not k.startswith("loramix")}
+    config.update(
+        peft_type="LORA",
+        base_model_name_or_path=base,
+        r=r,
+        lora_alpha=r,
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        use_rslora=False,
+        use_dora=False,
+        modules_to_save=None,
+        bias="none",
+        target_modules=sorted({name.rsplit(".", 1)[-1] for name in ranks}),
+        layers_to_transform=None,
+        layers_pattern=None,
+        init_lora_weights=True,
+        inference_mode=True,
+    )
+    config.setdefault("task_type", "CAUSAL_LM")
+    return config
+
+
+def write_adapter(folder: Path, config: dict, factors: dict[str, tuple]) -> None:
+    """Write `adapter_config.json` and `adapter_model.safetensors` (PEFT's key names) into `folder`."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (A, B) in factors.items():
+        tensors[f"{PREFIX}{name}{_A_SUFFIX}"] = A.contiguous()
+        tensors[f"{PREFIX}{name}{_B_SUFFIX}"] = B.contiguous()
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

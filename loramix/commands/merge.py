@@ -1,0 +1,119 @@
+"""`loramix merge`: merge adapters without data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from loramix.errors import InputError
+
+
+def merge(
+    adapters: Optional[List[Path]] = typer.Argument(None, help="Adapter folders (PEFT layout).", show_default=False),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Merge method; see --list-methods."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="One weight per adapter, e.g. 1,0.5 [default: all 1]."),
+    density: Optional[float] = typer.Option(None, "--density", help="Fraction of entries kept (ties, dare_*, magnitude_prune)."),
+    majority_sign: Optional[str] = typer.Option(None, "--majority-sign", help="TIES sign election: total or frequency [default: total]."),
+    rank: Optional[int] = typer.Option(None, "--rank", "-r", help="Rank of the written adapter [default: sum of input ranks; svd: the largest]."),
+    profile: str = typer.Option("peft", "--profile", help="peft (ranks per module) or portable (uniform rank, alpha == r, for vLLM and llama.cpp)."),
+    into_base: Optional[str] = typer.Option(None, "--into-base", help="Write a full merged model on this base instead of an adapter."),
+    list_methods: bool = typer.Option(False, "--list-methods", help="List the merge methods and exit."),
+    seed: int = typer.Option(0, "--seed", help="Seed for DARE's random drops and the randomized SVD."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+) -> None:
+    """Merge adapters without data, exactly on the deltas ΔW = s·B·A.
+
+    linear and cat are exact concatenations (rank Σr, zero error). ties, dare_linear, dare_ties and
+    magnitude_prune give full-rank deltas that are factored back to --rank by truncated SVD, with
+    the relative error of each module reported.
+
+    Example: loramix merge math/ code/ -m ties --density 0.2 --weights 1,1 -o merged/
+    """
+    from loramix import render
+
+    if list_methods:
+        _list_methods(json_out)
+        return
+    if method is None or out is None:
+        raise InputError("merge needs --method and --out", hint="loramix merge A/ B/ -m linear -o merged/")
+    from loramix.merging import MergeRequest, run_merge
+
+    req = MergeRequest(
+        adapters=list(adapters or []), method=method, out=out, weights=_parse_weights(weights),
+        density=density, majority_sign=majority_sign, rank=rank, profile=_check_profile(profile),
+        into_base=into_base, seed=seed, force=force,
+    )
+    report = run_merge(req, progress=render.progress)
+    if json_out:
+        render.print_json(report)
+    else:
+        render.out.print(_summary(report))
+
+
+def _parse_weights(text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise InputError(f"--weights must be numbers separated by commas, got {text!r}")
+
+
+def _check_profile(profile: str) -> str:
+    if profile not in ("peft", "portable"):
+        raise InputError(f"--profile must be peft or portable, got {profile!r}")
+    return profile
+
+
+def _summary(report: dict):
+    from loramix.render import fmt_num, key_value_table
+
+    rows = [
+        ("method", report["method"] + (" (exact)" if report["exact"] else "")),
+        ("adapters", ", ".join(a["path"] for a in report["adapters"])),
+        ("weights", ", ".join(fmt_num(w) for w in report["weights"])),
+    ]
+    if report["density"] is not None:
+        rows.append(("density", fmt_num(report["density"])))
+    if report["into_base"]:
+        rows.append(("written", f"full model on {report['base']}"))
+    else:
+        r = report["rank"]
+        rows.append(("rank", str(r["max"]) if r["min"] == r["max"] else f"{r['min']}–{r['max']}"))
+        rows.append(("profile", report["profile"]))
+        rows.append(("rel. error", f"max {fmt_num(report['error']['max'])}, mean {fmt_num(report['error']['mean'])}"))
+    rows += [("modules", str(report["modules"])), ("out", report["out"]), ("time", f"{report['seconds']:.2f} s")]
+    return key_value_table("merged", rows)
+
+
+def _list_methods(json_out: bool) -> None:
+    from rich.table import Table
+
+    from loramix import render
+    from loramix.merge import REGISTRY
+
+    rows = [
+        {
+            "name": m.name,
+            "exact": m.exact,
+            "options": ["--weights", "--rank"] + ["--" + o.replace("_", "-") for o in m.options],
+            "default_density": m.default_density,
+            "summary": m.summary,
+            "paper": m.paper,
+        }
+        for m in REGISTRY.values()
+    ]
+    if json_out:
+        render.print_json({"methods": rows})
+        return
+    table = Table(title="merge methods", title_justify="left")
+    for col in ("method", "exact", "options", "summary", "paper"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        density = f" (density {r['default_density']})" if r["default_density"] else ""
+        table.add_row(r["name"], "yes" if r["exact"] else "svd", " ".join(r["options"]) + density, r["summary"], r["paper"])
+    render.out.print(table)

@@ -1,0 +1,138 @@
+"""Rich tables and heatmaps: the only module that draws.
+
+Results go to stdout, progress and messages to stderr. Colour follows Rich's detection (off when
+NO_COLOR is set or the stream is not a terminal); without colour a heatmap cell is drawn with shade
+characters, so the picture survives a pipe or a log file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False)
+
+# dark to bright (viridis-like); text switches to black on the bright half
+PALETTE = ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725"]
+SHADES = " ░▒▓█"
+
+
+def print_json(doc: dict) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def error(message: str, hint: str | None = None) -> None:
+    err.print(Text("error: ", style="bold red") + Text(message))
+    if hint:
+        err.print(Text("hint: ", style="yellow") + Text(hint))
+
+
+def info(message: str) -> None:
+    err.print(Text(message, style="dim"))
+
+
+@contextmanager
+def progress(description: str, total: int) -> Iterator:
+    """A progress bar on stderr; yields a function to call once per finished step."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not err.is_terminal:
+        yield lambda *_: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda *_: bar.advance(task)
+
+
+def key_value_table(title: str, rows: Sequence[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def heatmap(
+    title: str,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    values: Sequence[Sequence[float | None]],
+    *,
+    color: bool,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> Table:
+    """A rows × cols table of values; cells shaded by value between lo and hi (default min, max)."""
+    seen = [v for row in values for v in row if v is not None]
+    lo = min(seen, default=0.0) if lo is None else lo
+    hi = max(seen, default=1.0) if hi is None else hi
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("", style="bold", no_wrap=True)
+    for c in cols:
+        table.add_column(c, justify="right", no_wrap=True, overflow="ellipsis", max_width=9)
+    for label, row in zip(rows, values):
+        table.add_row(label, *(_cell(v, lo, hi, color) for v in row))
+    legend = f"scale {fmt_num(lo)} … {fmt_num(hi)}"
+    table.caption = legend + ("" if color else f"   shades '{SHADES[1:]}' low → high")
+    table.caption_justify = "left"
+    return table
+
+
+def _level(v: float, lo: float, hi: float, n: int) -> int:
+    t = 0.0 if hi <= lo else (v - lo) / (hi - lo)
+    return min(n - 1, max(0, int(t * n)))
+
+
+def _cell(v: float | None, lo: float, hi: float, color: bool) -> Text:
+    if v is None:
+        return Text("·")
+    label = fmt_num(v)
+    if color:
+        i = _level(v, lo, hi, len(PALETTE))
+        fg = "black" if i >= len(PALETTE) // 2 else "white"
+        return Text(f" {label} ", style=f"{fg} on {PALETTE[i]}")
+    shade = SHADES[1 + _level(v, lo, hi, len(SHADES) - 1)]
+    return Text(f"{shade} {label}")
+
+
+def color_enabled(console: Console = out) -> bool:
+    return console.color_system is not None and not console.no_color
+
+
+def save_svg(path: Path, renderables: Sequence, title: str) -> None:
+    """Render to an SVG file in colour, whatever the terminal supports."""
+    rec = Console(record=True, file=io.StringIO(), force_terminal=True, color_system="truecolor", width=100)
+    for r in renderables:
+        rec.print(r)
+    rec.save_svg(str(path), title=title)
