@@ -229,9 +229,19 @@ def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraMod
             f"{weights}: module {name} has rank {A.shape[0]} but {CONFIG_NAME} says r={expected}"
         )
     for part, t in (("lora_A", A), ("lora_B", B)):
-        if not torch.isfinite(t).all():
-            raise AdapterError(f"{weights}: module {name} {part} holds NaN or Inf values")
+        _refuse_non_finite(weights, f"module {name} {part}", t)
     return LoraModule(A=A, B=B, scale=module_scale(config, name, A.shape[0]))
+
+
+def _refuse_non_finite(weights: Path, what: str, t: torch.Tensor) -> None:
+    import torch
+
+    if torch.isfinite(t).all():
+        return
+    counts = {"NaN": int(torch.isnan(t).sum()), "Inf": int(torch.isinf(t).sum())}
+    found = " and ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    raise AdapterError(f"{weights}: {what} holds {found} value{'s' if sum(counts.values()) > 1 else ''}",
+                       hint="the adapter's training diverged or the file was damaged; retrain or restore it")
 
 
 def check_compatible(adapters: list[Adapter]) -> None:
@@ -263,13 +273,15 @@ def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
     """A clean PEFT LoRA config for modules whose scale is baked into B (runtime scale 1).
 
     The most common rank becomes `r` (and `lora_alpha`); other modules get `rank_pattern` and
-    `alpha_pattern` entries equal to their rank, so every module's scale is exactly 1.
+    `alpha_pattern` entries equal to their rank, so every module's scale is exactly 1. Pattern keys
+    are `^` + the escaped full name: PEFT matches a key against the end of a module's name, so an
+    unanchored `a.b` would also match a module `x.a.b`.
     """
     counts: dict[int, int] = {}
     for r in ranks.values():
         counts[r] = counts.get(r, 0) + 1
     r = max(counts, key=lambda k: (counts[k], k))
-    pattern = {re.escape(name): rk for name, rk in ranks.items() if rk != r}
+    pattern = {"^" + re.escape(name): rk for name, rk in ranks.items() if rk != r}
     config = {k: v for k, v in template.items() if not k.startswith("loramix")}
     config.update(
         peft_type="LORA",

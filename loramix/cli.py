@@ -49,7 +49,7 @@ def _debug_traceback(ctx) -> None:
     if (ctx.obj or {}).get("debug"):
         from loramix import render
 
-        render.err.print(traceback.format_exc(), markup=False, highlight=False)
+        render.stderr().print(traceback.format_exc(), markup=False, highlight=False)
 
 
 app = typer.Typer(

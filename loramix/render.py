@@ -19,8 +19,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+
+
+def stdout() -> Console:
+    """A console on stdout, made per call so that NO_COLOR, FORCE_COLOR and COLUMNS are read now."""
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
 
 # dark to bright (viridis-like); text switches to black on the bright half
 PALETTE = ["#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725"]
@@ -40,13 +47,14 @@ def _jsonable(x):
 
 
 def error(message: str, hint: str | None = None) -> None:
-    err.print(Text("error: ", style="bold red") + Text(message))
+    console = stderr()
+    console.print(Text("error: ", style="bold red") + Text(message))
     if hint:
-        err.print(Text("hint: ", style="yellow") + Text(hint))
+        console.print(Text("hint: ", style="yellow") + Text(hint))
 
 
 def info(message: str) -> None:
-    err.print(Text(message, style="dim"))
+    stderr().print(Text(message, style="dim"))
 
 
 @contextmanager
@@ -54,12 +62,13 @@ def progress(description: str, total: int) -> Iterator:
     """A progress bar on stderr; yields a function to call once per finished step."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if not err.is_terminal:
+    console = stderr()
+    if not console.is_terminal:
         yield lambda *_: None
         return
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True,
+        console=console, transient=True,
     )
     with bar:
         task = bar.add_task(description, total=total)
@@ -83,6 +92,14 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def compact(x: float) -> str:
+    """At most six characters: 4.47, 0.0123, -0.05, 1.2e-05 -> '1e-05'."""
+    for text in (f"{x:.3g}", f"{x:.2g}", f"{x:.1g}", f"{x:.0e}"):
+        if len(text) <= 6:
+            return text
+    return f"{x:.0e}"
+
+
 def heatmap(
     title: str,
     rows: Sequence[str],
@@ -100,7 +117,7 @@ def heatmap(
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0))
     table.add_column("", style="bold", no_wrap=True)
     for c in cols:
-        table.add_column(c, justify="right", no_wrap=True, overflow="ellipsis", max_width=9)
+        table.add_column(c, justify="right", no_wrap=True, overflow="ellipsis", max_width=10)
     for label, row in zip(rows, values):
         table.add_row(label, *(_cell(v, lo, hi, color) for v in row))
     legend = f"scale {fmt_num(lo)} … {fmt_num(hi)}"
@@ -117,7 +134,7 @@ def _level(v: float, lo: float, hi: float, n: int) -> int:
 def _cell(v: float | None, lo: float, hi: float, color: bool) -> Text:
     if v is None:
         return Text("·")
-    label = fmt_num(v)
+    label = compact(v)
     if color:
         i = _level(v, lo, hi, len(PALETTE))
         fg = "black" if i >= len(PALETTE) // 2 else "white"
@@ -126,7 +143,8 @@ def _cell(v: float | None, lo: float, hi: float, color: bool) -> Text:
     return Text(f"{shade} {label}")
 
 
-def color_enabled(console: Console = out) -> bool:
+def color_enabled(console: Console | None = None) -> bool:
+    console = console or stdout()
     return console.color_system is not None and not console.no_color
 
 

@@ -47,7 +47,7 @@ def inspect(
         render.print_json(report)
         return
     for part in draw(report, color=render.color_enabled()):
-        render.out.print(part)
+        render.stdout().print(part)
 
 
 def _span(s: dict, fmt=str) -> str:

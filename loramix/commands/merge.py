@@ -51,7 +51,7 @@ def merge(
     if json_out:
         render.print_json(report)
     else:
-        render.out.print(_summary(report))
+        render.stdout().print(_summary(report))
 
 
 def _parse_weights(text: Optional[str]) -> Optional[list[float]]:
@@ -91,6 +91,7 @@ def _summary(report: dict):
 
 
 def _list_methods(json_out: bool) -> None:
+    from rich import box
     from rich.table import Table
 
     from loramix import render
@@ -110,10 +111,15 @@ def _list_methods(json_out: bool) -> None:
     if json_out:
         render.print_json({"methods": rows})
         return
-    table = Table(title="merge methods", title_justify="left")
-    for col in ("method", "exact", "options", "summary", "paper"):
-        table.add_column(col, overflow="fold")
+    table = Table(title="merge methods", title_justify="left", box=box.SIMPLE_HEAD, caption="all take --weights and --rank", caption_justify="left")
+    table.add_column("method", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("options")
+    table.add_column("what it does", overflow="fold")
     for r in rows:
-        density = f" (density {r['default_density']})" if r["default_density"] else ""
-        table.add_row(r["name"], "yes" if r["exact"] else "svd", " ".join(r["options"]) + density, r["summary"], r["paper"])
-    render.out.print(table)
+        extra = [o for o in r["options"] if o not in ("--weights", "--rank")]
+        if r["default_density"]:
+            extra[0] += f" {r['default_density']}"
+        kind = "exact" if r["exact"] else "svd"
+        table.add_row(r["name"], kind, "\n".join(extra) or "-", f"{r['summary']}\n[dim]{r['paper']}[/dim]")
+    render.stdout().print(table)

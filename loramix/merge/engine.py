@@ -82,14 +82,16 @@ def merged_delta(
     thresholds = None
     if method.trim == "magnitude":
         thresholds = torch.tensor([magnitude_threshold(m, spans, density) for m in mods])
-    generator = torch.Generator().manual_seed(module_seed(opts.seed, name))
+    # one generator per adapter, drawn row block by row block: the drops do not depend on the block size
+    gens = [torch.Generator().manual_seed(module_seed(opts.seed, f"{name}#{i}")) for i in range(len(mods))]
     result = torch.empty(out, inp)
     for r0, r1 in spans:
-        deltas = torch.stack([m.delta(r0, r1) for m in mods])  # (k, rows, in)
+        deltas = [m.delta(r0, r1) for m in mods]  # k × (rows, in)
+        if method.trim == "random":
+            deltas = [random_keep(d, density, g) for d, g in zip(deltas, gens)]
+        deltas = torch.stack(deltas)
         if thresholds is not None:
             deltas = magnitude_keep(deltas, thresholds)
-        elif method.trim == "random":
-            deltas = random_keep(deltas, density, generator)
         result[r0:r1] = method.combine_deltas(deltas, weights, opts.majority_sign)
     return result
 

@@ -1,0 +1,106 @@
+"""`loramix merge` and the root app through the CLI: output, JSON, methods list, entry points."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from loramix import __version__
+from loramix.cli import app
+from loramix.merge import REGISTRY
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], env={"NO_COLOR": "1", "COLUMNS": "100"})
+
+
+def test_merge_prints_a_summary_and_writes_provenance(adapter_pair, tmp_path):
+    out = tmp_path / "m"
+    result = invoke("merge", *adapter_pair, "-m", "ties", "--density", "0.4", "-o", out)
+    assert result.exit_code == 0, result.output
+    for text in ("ties", "density", "0.4", "rel. error", "rank", "10", str(out)):
+        assert text in result.stdout
+    prov = json.loads((out / "loramix_merge.json").read_text())
+    assert prov["method"] == "ties" and prov["density"] == 0.4 and len(prov["adapters"]) == 2
+    assert all(len(a["sha256"]) == 64 for a in prov["adapters"])
+
+
+def test_merge_json_report(adapter_pair, tmp_path):
+    result = invoke("merge", *adapter_pair, "-m", "svd", "-r", "3", "-o", tmp_path / "m", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["method"] == "svd" and doc["rank"] == {"min": 3, "max": 3} and doc["modules"] == 14
+    assert 0 < doc["error"]["max"] < 1 and set(doc["errors"]) == {n for n in doc["errors"] if "layers" in n}
+    assert len(doc["errors"]) == 14
+
+
+def test_portable_profile_has_uniform_rank(adapter_pair, tmp_path, base_dir):
+    from tests.helpers import make_adapter
+
+    partial = make_adapter(base_dir, tmp_path / "p", r=2, alpha=2, targets=["q_proj"], seed=9)
+    out = tmp_path / "m"
+    result = invoke("merge", adapter_pair[0], partial, "-m", "linear", "--profile", "portable", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 6 and cfg["lora_alpha"] == 6 and cfg["rank_pattern"] == {} and cfg["alpha_pattern"] == {}
+    assert cfg["use_rslora"] is False and cfg["use_dora"] is False and not cfg["modules_to_save"]
+
+
+def test_list_methods_shows_the_registry():
+    result = invoke("merge", "--list-methods")
+    assert result.exit_code == 0
+    for name, method in REGISTRY.items():
+        assert name in result.stdout
+    doc = json.loads(invoke("merge", "--list-methods", "--json").stdout)
+    assert [m["name"] for m in doc["methods"]] == list(REGISTRY)
+    assert all(m["paper"].startswith("https://") for m in doc["methods"])
+
+
+def test_demo_says_not_yet():
+    result = invoke("demo")
+    assert result.exit_code == 1 and "not yet" in result.stderr
+
+
+def test_module_entry_point_and_version():
+    proc = subprocess.run([sys.executable, "-m", "loramix", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"loramix {__version__}"
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys; from loramix.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(adapter_pair, tmp_path, monkeypatch):
+    from loramix.merge import engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "factor_module", interrupted)
+    result = invoke("merge", *adapter_pair, "-m", "ties", "-o", tmp_path / "m")
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    assert not (tmp_path / "m").exists() and _leftovers(tmp_path) == []
+
+
+def test_unexpected_failure_exits_1_with_traceback_only_under_debug(adapter_pair, tmp_path, monkeypatch):
+    from loramix.merge import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "factor_module", broken)
+    plain = invoke("merge", *adapter_pair, "-m", "ties", "-o", tmp_path / "m")
+    assert plain.exit_code == 1 and "boom" in plain.stderr and "Traceback" not in plain.stderr
+    debug = invoke("--debug", "merge", *adapter_pair, "-m", "ties", "-o", tmp_path / "m")
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr
+    assert not (tmp_path / "m").exists() and _leftovers(tmp_path) == []
