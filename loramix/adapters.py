@@ -240,8 +240,10 @@ def _refuse_non_finite(weights: Path, what: str, t: torch.Tensor) -> None:
         return
     counts = {"NaN": int(torch.isnan(t).sum()), "Inf": int(torch.isinf(t).sum())}
     found = " and ".join(f"{n} {kind}" for kind, n in counts.items() if n)
-    raise AdapterError(f"{weights}: {what} holds {found} value{'s' if sum(counts.values()) > 1 else ''}",
-                       hint="the adapter's training diverged or the file was damaged; retrain or restore it")
+    raise AdapterError(
+        f"{weights}: {what} holds {found} value{'s' if sum(counts.values()) > 1 else ''}",
+        hint="its training diverged or the file is damaged; retrain it or restore a good copy",
+    )
 
 
 def check_compatible(adapters: list[Adapter]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,15 +12,25 @@ from loramix.errors import InputError
 
 
 def check_out(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Refuse an existing `out` without `force`, a file in its place, or an input as the output."""
+    """Refuse an input as the output (or inside it), an existing `out` without `force`, or a file."""
+    _refuse_inputs(out, inputs)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is a file; --out must name a folder")
     if out.exists() and not force:
         raise InputError(f"{out}: already exists", hint="pass --force to replace it")
+
+
+def _refuse_inputs(out: Path, inputs: tuple[Path, ...]) -> None:
     resolved = out.resolve()
     for p in inputs:
-        if Path(p).resolve() == resolved:
+        p = Path(p).resolve()
+        if p == resolved:
             raise InputError(f"{out}: is also an input; write the result somewhere else")
+        if p.is_relative_to(resolved) and out.exists():
+            raise InputError(
+                f"{out}: holds the input {p}; replacing it would delete that input",
+                hint="write the result somewhere else",
+            )
 
 
 @contextmanager
@@ -33,16 +42,27 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     out = Path(out)
     check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # not tempfile.mkdtemp: its mode 0700 would become the output's
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
+    _replace(out, tmp)
+
+
+def _replace(out: Path, tmp: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is moved aside first and restored if that fails."""
+    if not out.exists():
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    out.rename(old)
+    try:
         tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

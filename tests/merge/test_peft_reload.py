@@ -90,10 +90,16 @@ def test_into_base_writes_a_full_model(base_dir, adapter_pair, tmp_path, monkeyp
 
     from loramix import into_base
 
+    import shutil
+
     monkeypatch.setattr(into_base, "MAX_SHARD_BYTES", 20_000)  # force several shards
+    base = shutil.copytree(base_dir, tmp_path / "base")
+    (base / "tokenizer_config.json").write_text('{"model_max_length": 64}')
     out = tmp_path / "full"
-    run(adapter_pair, "linear", out, weights=WEIGHTS, into_base=str(base_dir))
+    run(adapter_pair, "linear", out, weights=WEIGHTS, into_base=str(base))
     assert len(list(out.glob("model-*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
+    assert (out / "tokenizer_config.json").read_text() == '{"model_max_length": 64}'
+    assert (out / "config.json").is_file()
     adapters = [read_adapter(p) for p in adapter_pair]
     want = {n: sum(w * a.modules[n].delta() for a, w in zip(adapters, WEIGHTS)) for n in adapters[0].modules}
     model = AutoModelForCausalLM.from_pretrained(out)
