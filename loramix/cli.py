@@ -38,7 +38,7 @@ class LoramixGroup(TyperGroup):
         except (typer.Exit, typer.Abort):
             raise
         except Exception as e:
-            if type(e).__module__.startswith("typer"):  # usage errors: typer prints them, exit 2
+            if hasattr(e, "exit_code") and hasattr(e, "show"):  # usage errors: typer prints them, exit 2
                 raise
             _debug_traceback(ctx)
             render.error(f"unexpected {type(e).__name__}: {e}", "run with --debug for the traceback")
