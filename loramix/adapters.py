@@ -34,6 +34,22 @@ _UNMERGEABLE_KEYS = {
     "modules_to_save": "modules_to_save (fully trained copies of base modules)",
     "trainable_tokens": "trainable token embeddings",
 }
+# config field -> what it is, for adapters whose delta is not s·B·A on the recorded base
+_UNMERGEABLE_FIELDS = {
+    "use_dora": "DoRA",
+    "modules_to_save": "fully trained copies of base modules",
+    "lora_bias": "LoRA biases",
+    "alora_invocation_tokens": "activated LoRA (it acts only after its invocation tokens)",
+    "use_qalora": "QA-LoRA (it acts on pooled inputs)",
+    "target_parameters": "LoRA on parameters rather than linear modules",
+    "trainable_token_indices": "trainable token embeddings",
+}
+# init_lora_weights values that rewrite the base weights when the adapter is created
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+_INIT_HINT = (
+    "such an adapter is relative to a modified base; save it with PEFT's "
+    "path_initial_model_for_weight_conversion to get an ordinary LoRA"
+)
 
 
 @dataclass
@@ -137,25 +153,58 @@ def _check_config(cfg_path: Path, config: dict) -> None:
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise AdapterError(f"{cfg_path}: peft_type is {peft_type}; loramix merges LoRA adapters only")
-    refused = []
-    if config.get("use_dora"):
-        refused.append("DoRA (use_dora: true)")
-    if config.get("modules_to_save"):
-        refused.append(f"modules_to_save {config['modules_to_save']}")
-    if config.get("bias", "none") not in ("none", None):
-        refused.append(f"trained biases (bias: {config['bias']!r})")
-    if config.get("lora_bias"):
-        refused.append("LoRA biases (lora_bias: true)")
+    refused = _unmergeable_config(config)
     if refused:
+        init = any("init_lora_weights" in part for part in refused)
         raise AdapterError(
             f"{cfg_path}: cannot be merged exactly: {'; '.join(refused)}",
-            hint="loramix never drops parts of an adapter silently; retrain or strip them first",
+            hint=_INIT_HINT if init else "loramix never drops parts of an adapter silently; retrain or strip them first",
         )
     if not str(config.get("base_model_name_or_path") or "").strip():
         raise AdapterError(
             f"{cfg_path}: records no base model (base_model_name_or_path is empty)",
             hint="set base_model_name_or_path to the model the adapter was trained on",
         )
+    _check_numbers(cfg_path, config)
+
+
+def _unmergeable_config(config: dict) -> list[str]:
+    """What in the config makes the adapter something other than ΔW = s·B·A on its base."""
+    refused = [
+        f"{what} ({key}: {json.dumps(config[key])})" for key, what in _UNMERGEABLE_FIELDS.items() if config.get(key)
+    ]
+    if config.get("bias", "none") not in ("none", None):
+        refused.append(f"trained biases (bias: {config['bias']!r})")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
+        refused.append(f"an initialisation that changed the base weights (init_lora_weights: {init!r})")
+    return refused
+
+
+def _check_numbers(cfg_path: Path, config: dict) -> None:
+    """r, lora_alpha and the patterns must be numbers (and valid regexes) before any arithmetic."""
+    r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
+    if not _is_number(r, whole=True) or r < 1:
+        raise AdapterError(f"{cfg_path}: r must be a positive whole number, got {r!r}")
+    if not _is_number(alpha):
+        raise AdapterError(f"{cfg_path}: lora_alpha must be a number, got {alpha!r}")
+    for key, whole in (("rank_pattern", True), ("alpha_pattern", False)):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise AdapterError(f"{cfg_path}: {key} must map module patterns to numbers, got {patterns!r}")
+        for pattern, value in patterns.items():
+            if not _is_number(value, whole=whole) or (whole and value < 1):
+                raise AdapterError(f"{cfg_path}: {key} gives {pattern!r} the value {value!r}, not a valid {key[:-8]}")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise AdapterError(f"{cfg_path}: {key} key {pattern!r} is not a valid regular expression ({e})")
+
+
+def _is_number(x, whole: bool = False) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return isinstance(x, int) if whole else math.isfinite(x)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

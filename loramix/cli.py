@@ -31,6 +31,11 @@ class LoramixGroup(TyperGroup):
         except KeyboardInterrupt:
             render.error("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED)
+        except OSError as e:
+            _debug_traceback(ctx)
+            where = f"{e.filename}: " if e.filename else ""
+            render.error(f"{where}{e.strerror or e}", "check the path, its permissions and the free disk space")
+            raise typer.Exit(EXIT_RUNTIME)
         except MemoryError:
             _debug_traceback(ctx)
             render.error("out of memory", "merge fewer or smaller adapters at a time, or use a larger machine")

@@ -14,6 +14,7 @@ from loramix.errors import InputError
 def check_out(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
     """Refuse an input as the output (or inside it), an existing `out` without `force`, or a file."""
     _refuse_inputs(out, inputs)
+    _refuse_file_above(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is a file; --out must name a folder")
     if out.exists() and not force:
@@ -33,14 +34,25 @@ def _refuse_inputs(out: Path, inputs: tuple[Path, ...]) -> None:
             )
 
 
+def _refuse_file_above(out: Path) -> None:
+    """`out` can be created only if its nearest existing ancestor is a folder."""
+    above = out.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise InputError(f"{out}: cannot be created, {above} is a file")
+
+
 @contextmanager
 def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder beside `out`; on success it replaces `out` in one rename.
 
-    On any failure (an exception, Ctrl-C) the temporary folder is removed and `out` is untouched.
+    On any failure (an exception, Ctrl-C) the temporary folder and any parent folders made for it
+    are removed, and `out` is untouched.
     """
     out = Path(out)
     check_out(out, force)
+    made = [p for p in out.parents if not p.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()  # not tempfile.mkdtemp: its mode 0700 would become the output's
@@ -48,8 +60,17 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise
     _replace(out, tmp)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # no longer empty: somebody else wrote there
+            return
 
 
 def _replace(out: Path, tmp: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -58,9 +59,12 @@ def _parse_weights(text: Optional[str]) -> Optional[list[float]]:
     if text is None:
         return None
     try:
-        return [float(x) for x in text.split(",")]
+        weights = [float(x) for x in text.split(",")]
     except ValueError:
         raise InputError(f"--weights must be numbers separated by commas, got {text!r}")
+    if not all(math.isfinite(w) for w in weights):
+        raise InputError(f"--weights must be finite numbers, got {text!r}")
+    return weights
 
 
 def _check_profile(profile: str) -> str:

@@ -104,3 +104,22 @@ def test_unexpected_failure_exits_1_with_traceback_only_under_debug(adapter_pair
     debug = invoke("--debug", "merge", *adapter_pair, "-m", "ties", "-o", tmp_path / "m")
     assert debug.exit_code == 1 and "Traceback" in debug.stderr
     assert not (tmp_path / "m").exists() and _leftovers(tmp_path) == []
+
+
+def test_non_finite_weights_are_refused(adapter_pair, tmp_path):
+    for text in ("1,nan", "inf,1"):
+        result = invoke("merge", *adapter_pair, "-m", "linear", "--weights", text, "-o", tmp_path / "m")
+        assert result.exit_code == 2 and "finite" in result.stderr and not (tmp_path / "m").exists()
+
+
+def test_unwritable_output_is_a_clear_runtime_error(adapter_pair, tmp_path, monkeypatch):
+    from loramix import adapters
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "m"))
+
+    monkeypatch.setattr(adapters, "write_adapter", no_space)
+    monkeypatch.setattr("loramix.merging.write_adapter", no_space)
+    result = invoke("merge", *adapter_pair, "-m", "linear", "-o", tmp_path / "m")
+    assert result.exit_code == 1 and "No space left on device" in result.stderr and "unexpected" not in result.stderr
+    assert not (tmp_path / "m").exists() and _leftovers(tmp_path) == []
