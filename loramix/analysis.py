@@ -62,7 +62,7 @@ def sign_conflicts(m1: LoraModule, m2: LoraModule, density: float) -> SignCounts
     entries kept in both whose signs disagree."""
     out, inp = m1.shape
     spans = row_spans(out, inp)
-    t1, t2 = (magnitude_threshold(m, spans, density) if density < 1.0 else 0.0 for m in (m1, m2))
+    t1, t2 = (magnitude_threshold(m, density) if density < 1.0 else 0.0 for m in (m1, m2))
     counts = SignCounts()
     for r0, r1 in spans:
         d1, d2 = m1.delta(r0, r1), m2.delta(r0, r1)

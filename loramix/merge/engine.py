@@ -17,6 +17,8 @@ from loramix.merge.base import MergeMethod
 from loramix.merge.factor import factor_full, truncate_lowrank
 from loramix.merge.ops import kth_largest_abs, magnitude_keep, random_keep, row_spans
 
+THRESHOLD_BLOCK_ELEMS = 1 << 22
+
 
 @dataclass
 class MergeOptions:
@@ -81,7 +83,7 @@ def merged_delta(
     density = opts.density if opts.density is not None else method.default_density
     thresholds = None
     if method.trim == "magnitude":
-        thresholds = torch.tensor([magnitude_threshold(m, spans, density) for m in mods])
+        thresholds = torch.tensor([magnitude_threshold(m, density) for m in mods])
     # one generator per adapter, drawn row block by row block: the drops do not depend on the block size
     gens = [torch.Generator().manual_seed(module_seed(opts.seed, f"{name}#{i}")) for i in range(len(mods))]
     result = torch.empty(out, inp)
@@ -96,13 +98,15 @@ def merged_delta(
     return result
 
 
-def magnitude_threshold(mod: LoraModule, spans: list[tuple[int, int]], density: float) -> float:
+def magnitude_threshold(mod: LoraModule, density: float) -> float:
     """The magnitude at or above which the top `density` fraction of mod's delta entries lie."""
     out, inp = mod.shape
     keep = int(density * out * inp)
     if keep <= 0:
         return float("inf")
-    return kth_largest_abs(lambda: (mod.delta(r0, r1) for r0, r1 in spans), keep)
+    # runs before the merged delta is allocated, so larger blocks cost no peak memory
+    big = row_spans(out, inp, THRESHOLD_BLOCK_ELEMS)
+    return kth_largest_abs(lambda: (mod.delta(r0, r1) for r0, r1 in big), keep)
 
 
 def module_seed(seed: int, name: str) -> int:

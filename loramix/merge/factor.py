@@ -11,10 +11,12 @@ import math
 
 import torch
 
+from loramix.merge.ops import row_spans
+
 # Below this many entries, or when K is close to the smaller side, a full SVD is cheap and exact.
 EXACT_SVD_MAX_ELEMS = 1 << 22
 OVERSAMPLE = 16
-POWER_ITERS = 4
+POWER_ITERS = 2
 
 
 def _split(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,6 +61,11 @@ def randomized_svd(M: torch.Tensor, rank: int, generator: torch.Generator) -> tu
     return Q @ Ub[:, :rank], S[:rank], Vh[:rank]
 
 
+def squared_norm(M: torch.Tensor) -> float:
+    """‖M‖_F², each row block's norm in float32 and their sum in float64: no copy of M is made."""
+    return sum(float(torch.linalg.vector_norm(M[r0:r1])) ** 2 for r0, r1 in row_spans(*M.shape))
+
+
 def factor_full(delta: torch.Tensor, rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Rank-`rank` factors of a full (out, in) delta and their relative error.
 
@@ -67,7 +74,7 @@ def factor_full(delta: torch.Tensor, rank: int, seed: int = 0) -> tuple[torch.Te
     """
     M = delta.float()
     rank = max(1, min(rank, *M.shape))
-    total_sq = float(torch.linalg.vector_norm(M, dtype=torch.float64) ** 2)
+    total_sq = squared_norm(M)
     if M.numel() <= EXACT_SVD_MAX_ELEMS or 2 * (rank + OVERSAMPLE) >= min(M.shape):
         U, S, Vh = torch.linalg.svd(M, full_matrices=False)
         U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
