@@ -1,6 +1,6 @@
 """Run a merge method over every module of k adapters, one module at a time.
 
-Delta methods stream: each adapter's delta is recomputed in row blocks of about a million
+Delta methods stream: each adapter's delta is recomputed in row blocks of about 2^18
 entries (s_i · B_i[rows] @ A_i), so the only full-size matrix alive is the merged delta itself.
 """
 
@@ -16,8 +16,6 @@ from loramix.adapters import Adapter, LoraModule
 from loramix.merge.base import MergeMethod
 from loramix.merge.factor import factor_full, truncate_lowrank
 from loramix.merge.ops import kth_largest_abs, magnitude_keep, random_keep, row_spans
-
-THRESHOLD_BLOCK_ELEMS = 1 << 22
 
 
 @dataclass
@@ -104,9 +102,8 @@ def magnitude_threshold(mod: LoraModule, density: float) -> float:
     keep = int(density * out * inp)
     if keep <= 0:
         return float("inf")
-    # runs before the merged delta is allocated, so larger blocks cost no peak memory
-    big = row_spans(out, inp, THRESHOLD_BLOCK_ELEMS)
-    return kth_largest_abs(lambda: (mod.delta(r0, r1) for r0, r1 in big), keep)
+    spans = row_spans(out, inp)
+    return kth_largest_abs(lambda: (mod.delta(r0, r1) for r0, r1 in spans), keep)
 
 
 def module_seed(seed: int, name: str) -> int:

@@ -13,9 +13,9 @@ import torch
 BLOCK_ELEMS = 1 << 18  # entries per matrix in one row block: small enough to add little to peak memory
 
 
-def row_spans(out: int, inp: int, block_elems: int | None = None) -> list[tuple[int, int]]:
-    """Row blocks of an (out, inp) matrix holding about `block_elems` (BLOCK_ELEMS) entries each."""
-    rows = max(1, (block_elems or BLOCK_ELEMS) // inp)
+def row_spans(out: int, inp: int) -> list[tuple[int, int]]:
+    """Row blocks of an (out, inp) matrix holding about BLOCK_ELEMS entries each."""
+    rows = max(1, BLOCK_ELEMS // inp)
     return [(r0, min(r0 + rows, out)) for r0 in range(0, out, rows)]
 
 
