@@ -99,7 +99,11 @@ class Adapter:
     def sha256(self) -> str | None:
         if self.path is None:
             return None
-        return hashlib.sha256((self.path / WEIGHTS_NAME).read_bytes()).hexdigest()
+        digest = hashlib.sha256()
+        with open(self.path / WEIGHTS_NAME, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
 
 
 def pattern_value(patterns: dict, module: str, default):
@@ -143,6 +147,8 @@ def _read_config(path: Path) -> dict:
         raise AdapterError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})")
     except UnicodeDecodeError:
         raise AdapterError(f"{cfg_path}: not valid JSON (not UTF-8 text)")
+    except OSError as e:
+        raise AdapterError(f"{cfg_path}: cannot be read ({e.strerror or e})")
     if not isinstance(config, dict):
         raise AdapterError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
     _check_config(cfg_path, config)
@@ -320,6 +326,11 @@ def _norm_base(base: str) -> str:
     return base.rstrip("/")
 
 
+# fields of an input config carried into a written one; everything else is set explicitly or dropped
+# (an unknown field such as exclude_modules or layer_replication could change what PEFT loads)
+_KEPT_CONFIG_KEYS = ("task_type", "revision", "fan_in_fan_out", "lora_dropout", "auto_mapping")
+
+
 def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
     """A clean PEFT LoRA config for modules whose scale is baked into B (runtime scale 1).
 
@@ -333,7 +344,7 @@ def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
         counts[r] = counts.get(r, 0) + 1
     r = max(counts, key=lambda k: (counts[k], k))
     pattern = {"^" + re.escape(name): rk for name, rk in ranks.items() if rk != r}
-    config = {k: v for k, v in template.items() if not k.startswith("loramix")}
+    config = {k: template[k] for k in _KEPT_CONFIG_KEYS if k in template}
     config.update(
         peft_type="LORA",
         base_model_name_or_path=base,

@@ -65,7 +65,7 @@ def adapter_report(adapter: Adapter) -> dict:
         "dtype": str(adapter.dtype).removeprefix("torch."),
         "parameters": adapter.num_parameters,
         "size_bytes": (adapter.path / WEIGHTS_NAME).stat().st_size if adapter.path else None,
-        "delta_norm": grid(norms),
+        "delta_norm": g,
         "module_stats": {
             n: {"rank": m.rank, "scale": m.scale, "shape": list(m.shape), "delta_norm": norms[n]} for n, m in mods.items()
         },

@@ -66,7 +66,8 @@ def check_request(req: MergeRequest, method) -> None:
         raise InputError(f"--rank must be at least 1, got {req.rank}")
     if req.into_base is not None and (req.rank is not None or req.profile != "peft"):
         raise InputError("--into-base writes full weights; --rank and --profile do not apply")
-    check_out(req.out, req.force, tuple(req.adapters))
+    inputs = tuple(req.adapters) + ((Path(req.into_base),) if req.into_base and Path(req.into_base).exists() else ())
+    check_out(req.out, req.force, inputs)
 
 
 def load_adapters(paths: list[Path]) -> list[Adapter]:
@@ -101,8 +102,8 @@ def run_merge(req: MergeRequest, progress: Callable = no_progress) -> dict:
         else:
             report = _write_adapter(method, adapters, opts, req.profile, tmp, on_module)
         report = _report(req, method, adapters, opts, report, time.perf_counter() - start)
+        report["modules"] = len(module_names(adapters))
         (tmp / PROVENANCE_NAME).write_text(json.dumps(report, indent=2) + "\n")
-    report["modules"] = len(module_names(adapters))
     return report
 
 
@@ -124,21 +125,22 @@ def _write_adapter(method, adapters, opts, profile, folder: Path, on_module) -> 
         "error": {"max": max(errors.values()), "mean": sum(errors.values()) / len(errors)},
         "errors": errors,
         "dtype": str(dtype).removeprefix("torch."),
+        "warnings": [],
     }
 
 
 def _report(req: MergeRequest, method, adapters: list[Adapter], opts, body: dict, seconds: float) -> dict:
-    uses_density = "density" in method.options
     return {
         "loramix": __version__,
         "out": str(req.out),
         "method": method.name,
-        "exact": method.exact,
+        "kind": method.kind,
+        "exact": body["error"]["max"] == 0.0,
         "profile": None if req.into_base else req.profile,
         "into_base": req.into_base,
         "adapters": [{"path": str(a.path), "base": a.base, "sha256": a.sha256()} for a in adapters],
         "weights": opts.weights,
-        "density": (opts.density if opts.density is not None else method.default_density) if uses_density else None,
+        "density": method.density(opts.density),
         "majority_sign": opts.majority_sign if "majority_sign" in method.options else None,
         "seed": opts.seed,
         **body,

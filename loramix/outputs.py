@@ -58,11 +58,11 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     tmp.mkdir()  # not tempfile.mkdtemp: its mode 0700 would become the output's
     try:
         yield tmp
+        _replace(out, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(made)
         raise
-    _replace(out, tmp)
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,8 +40,6 @@ def print_json(doc: dict) -> None:
 def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
@@ -51,6 +48,10 @@ def error(message: str, hint: str | None = None) -> None:
     console.print(Text("error: ", style="bold red") + Text(message))
     if hint:
         console.print(Text("hint: ", style="yellow") + Text(hint))
+
+
+def warning(message: str) -> None:
+    stderr().print(Text("warning: ", style="yellow") + Text(message))
 
 
 def info(message: str) -> None:
@@ -154,3 +155,87 @@ def save_svg(path: Path, renderables: Sequence, title: str) -> None:
     for r in renderables:
         rec.print(r)
     rec.save_svg(str(path), title=title)
+
+
+def fmt_span(span: dict, fmt=str) -> str:
+    """{'min': 4, 'max': 8} -> '4–8'; equal ends -> '4'."""
+    return fmt(span["min"]) if span["min"] == span["max"] else f"{fmt(span['min'])}–{fmt(span['max'])}"
+
+
+def merge_summary(report: dict) -> Table:
+    rows = [
+        ("method", f"{report['method']} ({'exact' if report['exact'] else report['kind']})"),
+        ("adapters", ", ".join(a["path"] for a in report["adapters"])),
+        ("weights", ", ".join(fmt_num(w) for w in report["weights"])),
+    ]
+    if report["density"] is not None:
+        rows.append(("density", fmt_num(report["density"])))
+    if report["into_base"]:
+        rows.append(("written", f"full model on {report['base']}"))
+    else:
+        rows.append(("rank", fmt_span(report["rank"])))
+        rows.append(("profile", report["profile"]))
+        rows.append(("rel. error", f"max {fmt_num(report['error']['max'])}, mean {fmt_num(report['error']['mean'])}"))
+    rows += [("modules", str(report["modules"])), ("out", report["out"]), ("time", f"{report['seconds']:.2f} s")]
+    return key_value_table("merged", rows)
+
+
+def methods_table(rows: list[dict]) -> Table:
+    from rich import box
+
+    table = Table(title="merge methods", title_justify="left", box=box.SIMPLE_HEAD,
+                  caption="all take --weights and --rank", caption_justify="left")
+    table.add_column("method", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("options")
+    table.add_column("what it does", overflow="fold")
+    for r in rows:
+        extra = [o for o in r["options"] if o not in ("--weights", "--rank")]
+        if r["default_density"]:
+            extra[0] += f" {r['default_density']}"
+        table.add_row(r["name"], r["kind"], "\n".join(extra) or "-", f"{r['summary']}\n[dim]{r['paper']}[/dim]")
+    return table
+
+
+def adapter_view(r: dict, color: bool) -> list:
+    """`inspect ADAPTER`: the summary table and the ‖ΔW‖ heatmap."""
+    size = f"{r['size_bytes'] / 1e6:.2f} MB" if r["size_bytes"] is not None else "-"
+    summary = key_value_table(
+        r["path"],
+        [
+            ("base", r["base"]),
+            ("rank", fmt_span(r["rank"])),
+            ("alpha", str(r["lora_alpha"]) + (" (rsLoRA)" if r["use_rslora"] else "")),
+            ("scale", fmt_span(r["scale"], fmt_num)),
+            ("targets", ", ".join(r["targets"])),
+            ("modules", f"{r['modules']} in {r['layers']} layers"),
+            ("parameters", f"{r['parameters']:,}"),
+            ("dtype", f"{r['dtype']} ({size})"),
+        ],
+    )
+    g = r["delta_norm"]
+    return [summary, "", heatmap("‖ΔW‖_F per layer and module", g["rows"], _short(g["cols"]), g["values"], color=color)]
+
+
+def compare_view(r: dict, color: bool) -> list:
+    """`inspect A B`: per-layer cosine and sign conflicts, and the cosine heatmap."""
+    table = Table(title=f"{r['a']}  vs  {r['b']}", title_justify="left", box=None)
+    for col in ("layer", "cosine", f"sign conflicts (density {fmt_num(r['density'])})", "‖ΔW‖ a", "‖ΔW‖ b"):
+        table.add_column(col, justify="right")
+    for row in r["layers"] + [r["overall"]]:
+        rate = row["conflict_rate"]
+        table.add_row(
+            row["layer"], fmt_num(row["cosine"]), "-" if rate is None else f"{100 * rate:.1f}%",
+            fmt_num(row["norm_a"]), fmt_num(row["norm_b"]),
+        )
+    parts: list = [table]
+    for side in ("a", "b"):
+        if r[f"only_in_{side}"]:
+            parts.append(f"{len(r[f'only_in_{side}'])} modules only in {r[side]}")
+    g = r["cosine"]
+    parts += ["", heatmap("cosine similarity of the deltas", g["rows"], _short(g["cols"]), g["values"], color=color, lo=-1.0, hi=1.0)]
+    return parts
+
+
+def _short(cols: list[str]) -> list[str]:
+    return [c.removesuffix("_proj") for c in cols]

@@ -33,14 +33,14 @@ def inspect(
     adapters = [read_adapter(p) for p in paths]
     if len(adapters) == 1:
         report = adapter_report(adapters[0])
-        draw = _adapter_view
+        draw = render.adapter_view
     else:
         check_compatible(adapters)
         a, b = adapters
         shared = len(set(a.modules) & set(b.modules))
         with render.progress("comparing", shared) as step:
             report = compare_report(a, b, density, on_module=step)
-        draw = _compare_view
+        draw = render.compare_view
     if svg is not None:
         render.save_svg(svg, draw(report, color=True), title=f"loramix inspect {' '.join(map(str, paths))}")
     if json_out:
@@ -48,55 +48,3 @@ def inspect(
         return
     for part in draw(report, color=render.color_enabled()):
         render.stdout().print(part)
-
-
-def _span(s: dict, fmt=str) -> str:
-    return fmt(s["min"]) if s["min"] == s["max"] else f"{fmt(s['min'])}–{fmt(s['max'])}"
-
-
-def _adapter_view(r: dict, color: bool) -> list:
-    from loramix.render import fmt_num, heatmap, key_value_table
-
-    size = f"{r['size_bytes'] / 1e6:.2f} MB" if r["size_bytes"] is not None else "-"
-    summary = key_value_table(
-        r["path"],
-        [
-            ("base", r["base"]),
-            ("rank", _span(r["rank"])),
-            ("alpha", str(r["lora_alpha"]) + (" (rsLoRA)" if r["use_rslora"] else "")),
-            ("scale", _span(r["scale"], fmt_num)),
-            ("targets", ", ".join(r["targets"])),
-            ("modules", f"{r['modules']} in {r['layers']} layers"),
-            ("parameters", f"{r['parameters']:,}"),
-            ("dtype", f"{r['dtype']} ({size})"),
-        ],
-    )
-    g = r["delta_norm"]
-    return [summary, "", heatmap("‖ΔW‖_F per layer and module", g["rows"], _short(g["cols"]), g["values"], color=color)]
-
-
-def _compare_view(r: dict, color: bool) -> list:
-    from rich.table import Table
-
-    from loramix.render import fmt_num, heatmap
-
-    table = Table(title=f"{r['a']}  vs  {r['b']}", title_justify="left", box=None)
-    for col in ("layer", "cosine", f"sign conflicts (density {fmt_num(r['density'])})", "‖ΔW‖ a", "‖ΔW‖ b"):
-        table.add_column(col, justify="right")
-    for row in r["layers"] + [r["overall"]]:
-        rate = row["conflict_rate"]
-        table.add_row(
-            row["layer"], fmt_num(row["cosine"]), "-" if rate is None else f"{100 * rate:.1f}%",
-            fmt_num(row["norm_a"]), fmt_num(row["norm_b"]),
-        )
-    parts = [table]
-    for side in ("a", "b"):
-        if r[f"only_in_{side}"]:
-            parts.append(f"{len(r[f'only_in_{side}'])} modules only in {r[side]}")
-    g = r["cosine"]
-    parts += ["", heatmap("cosine similarity of the deltas", g["rows"], _short(g["cols"]), g["values"], color=color, lo=-1.0, hi=1.0)]
-    return parts
-
-
-def _short(cols: list[str]) -> list[str]:
-    return [c.removesuffix("_proj") for c in cols]

@@ -49,10 +49,12 @@ def merge(
         into_base=into_base, seed=seed, force=force,
     )
     report = run_merge(req, progress=render.progress)
+    for message in report["warnings"]:
+        render.warning(message)
     if json_out:
         render.print_json(report)
     else:
-        render.stdout().print(_summary(report))
+        render.stdout().print(render.merge_summary(report))
 
 
 def _parse_weights(text: Optional[str]) -> Optional[list[float]]:
@@ -68,43 +70,21 @@ def _parse_weights(text: Optional[str]) -> Optional[list[float]]:
 
 
 def _check_profile(profile: str) -> str:
-    if profile not in ("peft", "portable"):
-        raise InputError(f"--profile must be peft or portable, got {profile!r}")
+    from loramix.profiles import PROFILES
+
+    if profile not in PROFILES:
+        raise InputError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     return profile
 
 
-def _summary(report: dict):
-    from loramix.render import fmt_num, key_value_table
-
-    rows = [
-        ("method", report["method"] + (" (exact)" if report["exact"] else "")),
-        ("adapters", ", ".join(a["path"] for a in report["adapters"])),
-        ("weights", ", ".join(fmt_num(w) for w in report["weights"])),
-    ]
-    if report["density"] is not None:
-        rows.append(("density", fmt_num(report["density"])))
-    if report["into_base"]:
-        rows.append(("written", f"full model on {report['base']}"))
-    else:
-        r = report["rank"]
-        rows.append(("rank", str(r["max"]) if r["min"] == r["max"] else f"{r['min']}–{r['max']}"))
-        rows.append(("profile", report["profile"]))
-        rows.append(("rel. error", f"max {fmt_num(report['error']['max'])}, mean {fmt_num(report['error']['mean'])}"))
-    rows += [("modules", str(report["modules"])), ("out", report["out"]), ("time", f"{report['seconds']:.2f} s")]
-    return key_value_table("merged", rows)
-
-
 def _list_methods(json_out: bool) -> None:
-    from rich import box
-    from rich.table import Table
-
     from loramix import render
     from loramix.merge import REGISTRY
 
     rows = [
         {
             "name": m.name,
-            "exact": m.exact,
+            "kind": m.kind,
             "options": ["--weights", "--rank"] + ["--" + o.replace("_", "-") for o in m.options],
             "default_density": m.default_density,
             "summary": m.summary,
@@ -114,16 +94,5 @@ def _list_methods(json_out: bool) -> None:
     ]
     if json_out:
         render.print_json({"methods": rows})
-        return
-    table = Table(title="merge methods", title_justify="left", box=box.SIMPLE_HEAD, caption="all take --weights and --rank", caption_justify="left")
-    table.add_column("method", no_wrap=True)
-    table.add_column("result", no_wrap=True)
-    table.add_column("options")
-    table.add_column("what it does", overflow="fold")
-    for r in rows:
-        extra = [o for o in r["options"] if o not in ("--weights", "--rank")]
-        if r["default_density"]:
-            extra[0] += f" {r['default_density']}"
-        kind = "exact" if r["exact"] else "svd"
-        table.add_row(r["name"], kind, "\n".join(extra) or "-", f"{r['summary']}\n[dim]{r['paper']}[/dim]")
-    render.stdout().print(table)
+    else:
+        render.stdout().print(render.methods_table(rows))

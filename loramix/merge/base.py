@@ -32,5 +32,15 @@ class MergeMethod:
     default_rank: str = "sum"  # "sum" of the inputs' ranks, or "max" of them
 
     @property
-    def exact(self) -> bool:
-        return self.combine_factors is not None
+    def kind(self) -> str:
+        """exact (a concatenation), truncated (optimal SVD of the exact sum) or factored (full-rank
+        deltas factored back by SVD)."""
+        if self.combine_factors is None:
+            return "factored"
+        return "truncated" if self.default_rank == "max" else "exact"
+
+    def density(self, given: Optional[float]) -> Optional[float]:
+        """The density this method uses: the one given, its default, or None if it takes none."""
+        if "density" not in self.options:
+            return None
+        return given if given is not None else self.default_density

@@ -78,7 +78,7 @@ def merged_delta(
     """The full merged delta of one module for a delta method, built block by block."""
     out, inp = mods[0].shape
     spans = row_spans(out, inp)
-    density = opts.density if opts.density is not None else method.default_density
+    density = method.density(opts.density)
     thresholds = None
     if method.trim == "magnitude":
         thresholds = torch.tensor([magnitude_threshold(m, density) for m in mods])
@@ -104,6 +104,7 @@ def magnitude_threshold(mod: LoraModule, density: float) -> float:
         return float("inf")
     spans = row_spans(out, inp)
     return kth_largest_abs(lambda: (mod.delta(r0, r1) for r0, r1 in spans), keep)
+
 
 
 def module_seed(seed: int, name: str) -> int:

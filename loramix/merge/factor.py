@@ -74,11 +74,12 @@ def factor_full(delta: torch.Tensor, rank: int, seed: int = 0) -> tuple[torch.Te
     """
     M = delta.float()
     rank = max(1, min(rank, *M.shape))
-    total_sq = squared_norm(M)
     if M.numel() <= EXACT_SVD_MAX_ELEMS or 2 * (rank + OVERSAMPLE) >= min(M.shape):
         U, S, Vh = torch.linalg.svd(M, full_matrices=False)
-        U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
-    else:
-        U, S, Vh = randomized_svd(M, rank, torch.Generator().manual_seed(seed))
+        S2 = S.double() ** 2  # every singular value: the error is the tail, with no cancellation
+        A, B = _split(U[:, :rank], S[:rank], Vh[:rank])
+        return A, B, _rel_err(float(S2.sum()), float(S2[:rank].sum()))
+    total_sq = squared_norm(M)
+    U, S, Vh = randomized_svd(M, rank, torch.Generator().manual_seed(seed))
     A, B = _split(U, S, Vh)
     return A, B, _rel_err(total_sq, float((S.double() ** 2).sum()))

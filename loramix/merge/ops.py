@@ -46,14 +46,14 @@ def kth_largest_abs(chunks: Callable[[], Iterable[torch.Tensor]], k: int) -> flo
 
 
 def magnitude_keep(deltas: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """Zero every entry of deltas[i] (k, rows, in) whose magnitude is below thresholds[i]."""
-    return torch.where(deltas.abs() >= thresholds.view(-1, 1, 1), deltas, 0.0)
+    """Zero, in place, every entry of deltas[i] (k, rows, in) whose magnitude is below thresholds[i]."""
+    return deltas.masked_fill_(deltas.abs() < thresholds.view(-1, 1, 1), 0.0)
 
 
 def random_keep(deltas: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    """DARE: drop each entry with probability 1 - density and rescale the survivors by 1/density."""
-    keep = torch.rand(deltas.shape, generator=generator) < density
-    return torch.where(keep, deltas / density, 0.0)
+    """DARE, in place: drop each entry with probability 1 - density, rescale survivors by 1/density."""
+    drop = torch.rand(deltas.shape, generator=generator) >= density
+    return deltas.masked_fill_(drop, 0.0).div_(density)
 
 
 def elect_sign(tau: torch.Tensor, majority: str) -> torch.Tensor:

@@ -34,8 +34,11 @@ def test_merge_json_report(adapter_pair, tmp_path):
     result = invoke("merge", *adapter_pair, "-m", "svd", "-r", "3", "-o", tmp_path / "m", "--json")
     doc = json.loads(result.stdout)
     assert doc["method"] == "svd" and doc["rank"] == {"min": 3, "max": 3} and doc["modules"] == 14
-    assert 0 < doc["error"]["max"] < 1 and set(doc["errors"]) == {n for n in doc["errors"] if "layers" in n}
-    assert len(doc["errors"]) == 14
+    assert 0 < doc["error"]["max"] < 1 and doc["exact"] is False and doc["kind"] == "truncated"
+    expected = {f"model.layers.{i}.{m}" for i in (0, 1) for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    assert set(doc["errors"]) == expected
+    assert max(doc["errors"].values()) == doc["error"]["max"]
 
 
 def test_portable_profile_has_uniform_rank(adapter_pair, tmp_path, base_dir):
@@ -71,9 +74,19 @@ def test_module_entry_point_and_version():
 
 
 def test_help_is_fast_and_does_not_import_torch():
-    code = "import sys; from loramix.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys\n"
+        "from loramix.cli import app\n"
+        "for args in (['--help'], ['merge', '--help'], ['inspect', '--help'], ['--version']):\n"
+        "    try:\n"
+        "        app(args, prog_name='loramix')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (args, e.code)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    assert "Usage" in proc.stdout and "--list-methods" in proc.stdout
 
 
 def _leftovers(folder):
