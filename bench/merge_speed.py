@@ -375,6 +375,21 @@ def warm_up() -> None:
     torch.bincount(torch.arange(10)), torch.rand(x.shape) < 0.5
 
 
+REHEARSAL_MODULES = [("model.layers.0.mlp.gate_proj", 2048, 1024), ("model.layers.0.mlp.down_proj", 1024, 2048)]
+
+
+def rehearse(run: Run) -> None:
+    """One full merge with the same tool and method on two small modules, before measuring: the
+    libraries' code pages and workspaces (a fixed cost, tens of MB, whatever the model size) are
+    then in place and the measured peak is the merge's own memory. Done for every tool alike."""
+    import gc
+
+    inputs = loramix_inputs(REHEARSAL_MODULES) if run.tool == "loramix" else peft_inputs(REHEARSAL_MODULES)
+    (run_loramix if run.tool == "loramix" else run_peft)(run, inputs)
+    del inputs
+    gc.collect()
+
+
 def input_pairs(run: Run, inputs) -> dict:
     """{name: [(A, B, scale) per adapter]} for the references, read from the tool's own inputs."""
     if run.tool == "loramix":
@@ -385,7 +400,7 @@ def input_pairs(run: Run, inputs) -> dict:
     }
 
 
-def worker(key: str, modules, threads: int) -> dict:
+def worker(key: str, modules, threads: int, rehearsal: bool = True) -> dict:
     import resource
 
     import torch
@@ -394,6 +409,8 @@ def worker(key: str, modules, threads: int) -> dict:
     torch.manual_seed(0)
     run = RUN_BY_KEY[key]
     warm_up()
+    if rehearsal:
+        rehearse(run)
     inputs = loramix_inputs(modules) if run.tool == "loramix" else peft_inputs(modules)
     reset_ok = reset_peak_rss()
     rss0 = rss_bytes()
@@ -423,7 +440,7 @@ def worker(key: str, modules, threads: int) -> dict:
 def spawn(key: str, args) -> dict:
     """Run one (tool, method) in a fresh interpreter and return its JSON result."""
     cmd = [sys.executable, __file__, "--worker", key, "--layers", str(args.layers), "--targets", args.targets]
-    cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads)] + (["--cold"] if args.cold else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
@@ -568,6 +585,8 @@ def report(args, modules, results: dict) -> str:
         "'Other processes' CPU' is the share of the machine's CPU time used by other processes during the "
         "timed merge (from /proc/stat): above a few percent, that row's time is inflated. Peak memory is `ru_maxrss` after the high-water mark is reset once inputs "
         "are built, minus the RSS at that point"
+        + (" (cold: no rehearsal merge first, so the libraries' one-time code and workspaces are included)" if args.cold
+           else " (each worker first rehearses the same tool and method on two small modules, so the libraries' one-time code and workspaces are excluded)")
         + ("" if all(r["peak_reset"] for r in results.values()) else " (**reset failed in some workers**)")
         + ". PEFT's dare_ties_svd error is against its own full-rank result replayed from the recorded RNG state.",
     ]
@@ -581,6 +600,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help=f"one layer, {QUICK_TARGETS} only")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: cores)")
     p.add_argument("--out", type=Path, default=RESULTS, help="markdown file for the results")
+    p.add_argument("--cold", action="store_true", help="no rehearsal merge before measuring: peaks then include the libraries' one-time code and workspace")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -595,7 +615,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     modules = module_list(args.layers, args.targets.split(","))
     if args.worker:
-        print(json.dumps(worker(args.worker, modules, args.threads)))
+        print(json.dumps(worker(args.worker, modules, args.threads, rehearsal=not args.cold)))
         return
     command = shlex.join(["python", "bench/merge_speed.py", *(sys.argv[1:] if argv is None else argv)])
     results = {}
