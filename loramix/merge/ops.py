@@ -52,8 +52,8 @@ def magnitude_keep(deltas: torch.Tensor, thresholds: torch.Tensor) -> torch.Tens
 
 def random_keep(deltas: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
     """DARE, in place: drop each entry with probability 1 - density, rescale survivors by 1/density."""
-    drop = torch.rand(deltas.shape, generator=generator) >= density
-    return deltas.masked_fill_(drop, 0.0).div_(density)
+    keep = torch.rand(deltas.shape, generator=generator).lt_(density)  # 1.0 where kept, in place
+    return deltas.mul_(keep).div_(density)
 
 
 def elect_sign(tau: torch.Tensor, majority: str) -> torch.Tensor:
