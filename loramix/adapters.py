@@ -266,8 +266,6 @@ def _refuse_unmergeable_keys(weights: Path, tensors: dict) -> None:
 
 
 def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraModule:
-    import torch
-
     if set(pair) != {"A", "B"}:
         missing = "lora_B" if "B" not in pair else "lora_A"
         raise AdapterError(f"{weights}: module {name} has no {missing} weight")

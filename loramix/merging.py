@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -37,7 +37,6 @@ class MergeRequest:
     into_base: Optional[str] = None
     seed: int = 0
     force: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def get_method(name: str):
@@ -93,8 +92,9 @@ def run_merge(req: MergeRequest, progress: Callable = no_progress) -> dict:
         rank=req.rank,
         seed=req.seed,
     )
+    modules = len(module_names(adapters))
     start = time.perf_counter()
-    with atomic_dir(req.out, req.force) as tmp, progress(f"merging ({method.name})", len(module_names(adapters))) as on_module:
+    with atomic_dir(req.out, req.force) as tmp, progress(f"merging ({method.name})", modules) as on_module:
         if req.into_base is not None:
             from loramix.into_base import merge_into_base
 
@@ -102,7 +102,7 @@ def run_merge(req: MergeRequest, progress: Callable = no_progress) -> dict:
         else:
             report = _write_adapter(method, adapters, opts, req.profile, tmp, on_module)
         report = _report(req, method, adapters, opts, report, time.perf_counter() - start)
-        report["modules"] = len(module_names(adapters))
+        report["modules"] = modules
         (tmp / PROVENANCE_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -54,10 +54,6 @@ def warning(message: str) -> None:
     stderr().print(Text("warning: ", style="yellow") + Text(message))
 
 
-def info(message: str) -> None:
-    stderr().print(Text(message, style="dim"))
-
-
 @contextmanager
 def progress(description: str, total: int) -> Iterator:
     """A progress bar on stderr; yields a function to call once per finished step."""

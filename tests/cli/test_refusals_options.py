@@ -70,8 +70,6 @@ def test_into_base_corrupt_weights(adapter_pair, base_copy, tmp_path):
 
 
 def test_into_base_of_another_shape(adapter_pair, tmp_path):
-    from tests.helpers import tiny_llama
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
     other = tmp_path / "other"
