@@ -1,0 +1,83 @@
+"""The built-in skills behind `builtin:NAME[:SPLIT]`: deterministic generators of
+{"prompt", "completion", "answer"} rows with train and eval splits that never share a problem.
+
+- math:      a word problem -> the arithmetic that answers it      ("4 * 12")
+- code:      an instruction naming the operations -> a program      ("print(4 * 12)")
+- math-code: a word problem -> a program (the held-out composite: math and code together)
+- units:     a unit conversion -> its arithmetic                    ("7 * 1000")
+- words:     numbers and an operation in words -> the same in digits ("42 + 7")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from loramix.zoo.problems import Problem, arithmetic, number_words, unit_conversion
+
+SPLITS = ("train", "eval")
+EVAL_SHARE = 5  # one problem key in five belongs to the eval split
+DEFAULT_ROWS = {"train": 4000, "eval": 500}
+
+
+@dataclass(frozen=True)
+class Skill:
+    name: str
+    summary: str
+    draw: Callable[[random.Random], Problem]
+    prompt: Callable[[Problem], str]
+    completion: Callable[[Problem], str]
+    composite: bool = False  # a held-out task: never a training set in the benchmark
+
+
+SKILLS = {s.name: s for s in (
+    Skill("math", "word problem -> its arithmetic", arithmetic,
+          lambda p: f"Problem: {p.text}\nAnswer:", lambda p: f" {p.expr}"),
+    Skill("code", "instruction -> Python program", arithmetic,
+          lambda p: f"Task: {p.instruction}\nCode:", lambda p: f" print({p.expr})"),
+    Skill("math-code", "word problem -> Python program (composite of math and code)", arithmetic,
+          lambda p: f"Problem: {p.text}\nCode:", lambda p: f" print({p.expr})", composite=True),
+    Skill("units", "unit conversion -> its arithmetic", unit_conversion,
+          lambda p: f"Problem: {p.text}\nAnswer:", lambda p: f" {p.expr}"),
+    Skill("words", "numbers in words -> digits", number_words,
+          lambda p: f"Words: {p.text}\nDigits:", lambda p: f" {p.expr}"),
+)}
+
+
+def split_of(key: tuple) -> str:
+    """The split a problem belongs to, from its kind and numbers only (so no phrasing of an eval
+    problem, in any skill, is ever trained on)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return "eval" if int.from_bytes(digest, "big") % EVAL_SHARE == 0 else "train"
+
+
+def value(expr: str) -> int | float:
+    """The value of one of the generated expressions (digits, + - * / and spaces only)."""
+    if not expr.strip() or not set(expr) <= set("0123456789+-*/ ()") or "**" in expr:
+        raise ValueError(f"not a generated expression: {expr!r}")
+    try:
+        result = eval(expr, {"__builtins__": {}}, {})  # noqa: S307 - characters checked above, no powers
+    except (SyntaxError, TypeError, ZeroDivisionError) as e:
+        raise ValueError(f"not a generated expression: {expr!r} ({type(e).__name__})")
+    return int(result) if float(result).is_integer() else result
+
+
+def rows(name: str, split: str = "train", n: int | None = None, seed: int = 0) -> list[dict]:
+    """The first `n` rows (default: DEFAULT_ROWS[split]) of a skill's split, always the same."""
+    skill = SKILLS[name]
+    n = DEFAULT_ROWS[split] if n is None else n
+    rng = random.Random(f"{name}/{split}/{seed}")
+    out, seen, tries = [], set(), 0
+    while len(out) < n:
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise ValueError(f"builtin:{name}:{split} has fewer than {n} distinct rows")
+        p = skill.draw(rng)
+        prompt = skill.prompt(p)
+        if split_of(p.key) != split or prompt in seen:
+            continue
+        seen.add(prompt)
+        out.append({"prompt": prompt, "completion": skill.completion(p), "answer": value(p.expr)})
+    return out
