@@ -9,7 +9,17 @@ _loramix_root() {
     if [[ "$cur" == -* ]]; then
         _loramix_reply -W '--version --debug --help -h'
     else
-        _loramix_reply -W 'demo inspect merge'
+        _loramix_reply -W 'data demo inspect merge train-skill'
+    fi
+}
+
+_loramix_cmd_data() {
+    case "$prev" in
+        --limit|-n) return ;;
+        --dump) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        _loramix_reply -W '--limit -n --dump --force -f --json --help -h'
     fi
 }
 
@@ -53,6 +63,33 @@ _loramix_cmd_merge() {
     fi
 }
 
+_loramix_cmd_train_skill() {
+    case "$prev" in
+        --out|-o) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --base|-b) compopt -o filenames 2>/dev/null; _loramix_reply -d; return ;;
+        --rank|-r) return ;;
+        --alpha) return ;;
+        --targets|-t) return ;;
+        --lr) return ;;
+        --epochs) return ;;
+        --max-steps) return ;;
+        --batch-size) return ;;
+        --grad-accum) return ;;
+        --max-length) return ;;
+        --val-fraction) return ;;
+        --warmup) return ;;
+        --save-every) return ;;
+        --limit) return ;;
+        --dtype) _loramix_reply -W 'auto bfloat16 float16 float32'; return ;;
+        --device) _loramix_reply -W 'auto cpu cuda'; return ;;
+        --threads) return ;;
+        --seed) return ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        _loramix_reply -W '--out -o --base -b --rank -r --alpha --targets -t --lr --epochs --max-steps --batch-size --grad-accum --max-length --val-fraction --warmup --save-every --resume --limit --load-in-4bit --dtype --device --threads --trust-remote-code --seed --force -f --json --help -h'
+    fi
+}
+
 _loramix() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i
     COMPREPLY=()
@@ -66,9 +103,11 @@ _loramix() {
     done
     case "$cmd" in
         "") _loramix_root ;;
+        data) _loramix_cmd_data ;;
         demo) _loramix_cmd_demo ;;
         inspect) _loramix_cmd_inspect ;;
         merge) _loramix_cmd_merge ;;
+        train-skill) _loramix_cmd_train_skill ;;
     esac
 }
 

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from loramix import __version__
-from loramix.commands import demo, inspect, merge
+from loramix.commands import data, demo, inspect, merge, train_skill
 from loramix.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, LoramixError
 
 
@@ -87,8 +87,10 @@ def root(
     ctx.obj = {"debug": debug}
 
 
+app.command("train-skill", no_args_is_help=True)(train_skill.train_skill)
 app.command("merge", no_args_is_help=True)(merge.merge)
 app.command("inspect", no_args_is_help=True)(inspect.inspect)
+app.command("data")(data.data)
 app.command("demo")(demo.demo)
 
 

@@ -44,6 +44,12 @@ VALUES: dict[str, dict[str, Union[tuple, Callable[[], list], str]]] = {
         "--profile": ("peft", "portable"),
         "--into-base": "dir",  # a local base-model folder (or a hub name, which cannot be completed)
     },
+    "train-skill": {
+        "--base": "dir",  # loramix-tiny (the default), a local folder, or a hub name
+        "--dtype": ("auto", "float32", "bfloat16", "float16"),
+        "--device": ("auto", "cpu", "cuda"),
+    },
+    "data": {"--dump": "file"},
 }
 PATH_KINDS = ("path", "file", "dir")  # widest first
 _WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

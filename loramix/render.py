@@ -72,6 +72,54 @@ def progress(description: str, total: int) -> Iterator:
         yield lambda *_: bar.advance(task)
 
 
+@contextmanager
+def training_progress(description: str, total: int) -> Iterator:
+    """Per-step progress on stderr: a Rich bar (step, loss, tokens/s, ETA) on a terminal, else a
+    plain log line every ~5% of the steps and at every validation. Yields report(step, fields)."""
+    import time
+
+    console = stderr()
+    if not console.is_terminal:
+        every, began, first = max(1, total // 20), time.time(), [None]
+
+        def log(step: int, fields: dict | None) -> None:
+            if fields is None:
+                first[0] = step
+                return
+            if step % every and step != total and fields.get("val_loss") is None:
+                return
+            rate = (step - first[0]) / max(1e-9, time.time() - began)
+            console.print(f"{description}: step {step}/{total} {_step_fields(fields)} "
+                          f"eta {fmt_seconds((total - step) / rate if rate else 0)}", highlight=False, markup=False)
+
+        yield log
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+    with bar:
+        task = bar.add_task(description, total=total, info="")
+
+        def update(step: int, fields: dict | None) -> None:
+            if fields is None:
+                bar.reset(task, total=total, completed=step, info="")
+            else:
+                bar.update(task, completed=step, info=_step_fields(fields))
+
+        yield update
+
+
+def _step_fields(fields: dict) -> str:
+    text = f"loss {fields['loss']:.4f} {fields['tokens_per_s']:,.0f} tok/s"
+    return text + (f" val {fields['val_loss']:.4f}" if fields.get("val_loss") is not None else "")
+
+
+def fmt_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def key_value_table(title: str, rows: Sequence[tuple[str, str]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -235,3 +283,25 @@ def compare_view(r: dict, color: bool) -> list:
 
 def _short(cols: list[str]) -> list[str]:
     return [c.removesuffix("_proj") for c in cols]
+
+
+def train_summary(log: dict, out: Path) -> Table:
+    val = log["val_loss"][-1]["loss"] if log["val_loss"] else None
+    first_val = log["val_loss"][0]["loss"] if log["val_loss"] else None
+    rows = [
+        ("adapter", str(out)), ("base", log["base"]), ("data", f"{log['data']} ({log['train_rows']} train, {log['val_rows']} val rows)"),
+        ("steps", str(log["steps"])), ("final loss", fmt_num(log["final_loss"], 4)),
+        ("validation loss", "-" if val is None else fmt_num(val, 4) + ("" if len(log["val_loss"]) < 2 else f" (epoch 1: {fmt_num(first_val, 4)})")),
+        ("time", f"{fmt_seconds(log['seconds'])}, {log['tokens']:,} tokens, {log['tokens_per_second'] or 0:,.0f} tok/s"),
+    ]
+    return key_value_table("trained", rows)
+
+
+def skills_table(rows: list[dict]) -> Table:
+    table = Table(title="built-in skills", title_justify="left")
+    for col in ("data", "task", "rows (train / eval)"):
+        table.add_column(col)
+    for r in rows:
+        task = r["summary"] + ("  \\[held out]" if r["held_out"] else "")
+        table.add_row(r["name"], task, f"{r['train_rows']} / {r['eval_rows']}")
+    return table

@@ -77,7 +77,8 @@ def test_help_is_fast_and_does_not_import_torch():
     code = (
         "import sys\n"
         "from loramix.cli import app\n"
-        "for args in (['--help'], ['merge', '--help'], ['inspect', '--help'], ['--version']):\n"
+        "for args in (['--help'], ['merge', '--help'], ['inspect', '--help'], ['train-skill', '--help'], "
+        "['data', '--help'], ['data'], ['--version']):\n"
         "    try:\n"
         "        app(args, prog_name='loramix')\n"
         "    except SystemExit as e:\n"
