@@ -50,7 +50,10 @@ def _builtin(source: str, limit: int | None) -> list[dict]:
         raise InputError(f"{source}: no built-in skill {name!r}", hint=f"built-in skills: {', '.join(SKILLS)}")
     if split not in SPLITS:
         raise InputError(f"{source}: no split {split!r}", hint=f"splits: {', '.join(SPLITS)}")
-    return rows(name, split, limit)
+    try:
+        return rows(name, split, limit)
+    except ValueError as e:
+        raise InputError(f"{source}: {e}", hint="ask for fewer rows with --limit")
 
 
 def _jsonl(path: Path, limit: int | None) -> list[dict]:
@@ -120,15 +123,26 @@ def tokenize(row: dict, tokenizer, max_length: int) -> tuple[list[int], list[int
     """(input_ids, labels) for one row, cut to max_length; prompt tokens carry no loss."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if "prompt" in row:
-        prompt = tokenizer(row["prompt"], add_special_tokens=False).input_ids
-        completion = tokenizer(row["completion"], add_special_tokens=False).input_ids + eos
+        prompt, completion = split_tokens(tokenizer, row["prompt"], row["completion"])
+        completion = completion + eos
         ids, labels = prompt + completion, [IGNORE] * len(prompt) + completion
     elif "text" in row:
-        ids = tokenizer(row["text"], add_special_tokens=False).input_ids + eos
+        ids = tokenizer(row["text"]).input_ids + eos
         labels = list(ids)
     else:
         ids, labels = _chat(row["messages"], tokenizer)
     return ids[:max_length], labels[:max_length]
+
+
+def split_tokens(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids): the prompt tokenized as generation will see it (with the
+    tokenizer's special tokens, e.g. BOS), the completion as the tokens that follow it in the
+    tokenized whole, or tokenized alone where the whole does not start with the prompt's tokens."""
+    prompt_ids = tokenizer(prompt).input_ids
+    whole = tokenizer(prompt + completion).input_ids
+    if whole[: len(prompt_ids)] == prompt_ids:
+        return prompt_ids, whole[len(prompt_ids):]
+    return prompt_ids, tokenizer(completion, add_special_tokens=False).input_ids
 
 
 def _chat(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
@@ -138,6 +152,8 @@ def _chat(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = list(out["input_ids"]), out.get("assistant_masks")
     if not mask or not any(mask):  # the template cannot mark assistant turns: learn all of it
+        _warn_once("the chat template does not mark assistant turns ({% generation %}); "
+                   "\"messages\" rows are trained on every token, prompts included")
         return ids, list(ids)
     return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
 
@@ -166,10 +182,10 @@ def dump(dataset: Dataset, path: Path, force: bool = False) -> int:
     """Write the rows as JSONL to `path` (via a temporary file renamed into place)."""
     import os
 
-    if path.exists() and not force:
-        raise InputError(f"{path}: already exists", hint="pass --force to replace it")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; --dump names a file")
+    if path.exists() and not force:
+        raise InputError(f"{path}: already exists", hint="pass --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
@@ -178,3 +194,14 @@ def dump(dataset: Dataset, path: Path, force: bool = False) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return len(dataset.rows)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    from loramix import render
+
+    if message not in _warned:
+        _warned.add(message)
+        render.warning(message)

@@ -16,7 +16,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, bat
     outputs: list[str] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i: i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(prompts[i: i + batch_size], return_tensors="pt", padding=True)  # as in training
             with torch.no_grad():
                 ids = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
                                      do_sample=False, pad_token_id=tokenizer.pad_token_id,
@@ -35,6 +35,8 @@ def normalise(text: str) -> str:
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         return 0.0
     return sum(normalise(p) == normalise(r) for p, r in zip(predictions, references)) / len(predictions)

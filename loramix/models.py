@@ -62,8 +62,17 @@ def pick_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here", hint="use --device cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a device name", hint="use auto, cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA device is available here", hint="use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise InputError(f"--device {device}: only cpu and cuda devices are supported")
     return device
 
 
@@ -127,7 +136,7 @@ def load_model(path: Path, dtype, device: str, load_in_4bit: bool = False, trust
     """A causal LM from a local folder, in `dtype` on `device` (4-bit nf4 weights if asked)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}  # never unpickle
     if load_in_4bit:
         check_4bit(device)
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -140,4 +149,9 @@ def load_model(path: Path, dtype, device: str, load_in_4bit: bool = False, trust
             raise InputError(f"{path}: this model needs its own code to load",
                              hint="pass --trust-remote-code if you trust the code in that folder")
         raise InputError(f"{path}: cannot be loaded as a causal language model ({e})")
+    except OSError:
+        if not list(Path(path).glob("*.safetensors")):
+            raise InputError(f"{path}: has no safetensors weights (loramix never loads pickled .bin files)",
+                             hint="convert the weights to safetensors first")
+        raise
     return model if load_in_4bit else model.to(device)

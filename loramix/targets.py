@@ -34,13 +34,24 @@ def resolve_targets(model, targets: list[str] | None, rank: int) -> list[str]:
     available = sorted({n.split(".")[-1] for n in modules})
     if not available:
         raise InputError("the base model has no linear projections a LoRA can target")
-    chosen = available if not targets else list(dict.fromkeys(targets))
-    missing = [t for t in chosen if t not in available]
+    chosen = available if targets is None else list(dict.fromkeys(targets))
+    if not chosen:
+        raise InputError("--targets names no module", hint=f"modules that exist: {','.join(available)}")
+    excluded = [t for t in chosen if t.split(".")[-1] in SKIP]
+    if excluded:
+        raise InputError(f"--targets {','.join(excluded)}: embeddings and the output head are not LoRA targets here",
+                         hint=f"choose among {','.join(available)}")
+    missing = [t for t in chosen if not any(_matches(name, t) for name in modules)]
     if missing:
         raise InputError(f"--targets {','.join(missing)}: no such module in the base model",
                          hint=f"modules that exist: {','.join(available)}")
     for name, (fan_in, fan_out) in modules.items():
-        if name.split(".")[-1] in chosen and rank > min(fan_in, fan_out):
+        if any(_matches(name, t) for t in chosen) and rank > min(fan_in, fan_out):
             raise InputError(f"--rank {rank}: larger than {name} ({fan_out}x{fan_in}) allows",
                              hint=f"use --rank {min(fan_in, fan_out)} or less")
     return chosen
+
+
+def _matches(name: str, target: str) -> bool:
+    """PEFT's rule for a target_modules entry: the full name, or a suffix after a dot."""
+    return name == target or name.endswith("." + target)

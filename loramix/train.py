@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loramix import checkpoint
+from loramix.interrupt import stop_on_interrupt
 from loramix.errors import EXIT_INTERRUPTED, InputError, LoramixError
 
-RUN_KEYS = ("base", "data_sha256", "rank", "alpha", "targets", "lr", "epochs", "max_steps", "batch_size",
-            "grad_accum", "max_length", "val_fraction", "warmup", "seed", "load_in_4bit", "dtype")
+RUN_KEYS = ("base", "data_sha256", "rank", "alpha", "targets", "lr", "epochs", "max_steps", "rows_per_step",
+            "max_length", "val_fraction", "warmup", "seed", "load_in_4bit", "dtype")
 
 
 @dataclass
@@ -59,12 +60,11 @@ class Run:
     tokenizer: object
     train: list
     val: list
-    dataset: object
     device: str
-    threads: int
     steps: int
     steps_per_epoch: int
     record: dict = field(default_factory=dict)
+    resume_from: tuple | None = None  # (weights, optimizer state, state) of the checkpoint
 
 
 def check_options(c: TrainConfig) -> None:
@@ -120,8 +120,38 @@ def step_batches(run: Run, step: int) -> list:
 
 
 def prepare(c: TrainConfig) -> Run:
-    """Check everything that can be checked, then load the data, the base and the LoRA."""
+    """Check everything that can be checked, then load the data, the base, the LoRA and (with
+    --resume) the checkpoint, which must come from a run with the same settings."""
     from loramix import data, models
+
+    _check_paths(c)
+    dataset = data.load(c.data, c.limit)
+    _warn_held_out(c.data)
+    device = models.pick_device(c.device)
+    dtype = models.pick_dtype(c.dtype, device)
+    if c.load_in_4bit:
+        models.check_4bit(device)
+    threads = models.set_threads(c.threads)
+    path = models.resolve_base(c.base)
+    tokenizer = models.load_tokenizer(path, c.trust_remote_code)
+    examples = _tokenize_all(dataset.rows, tokenizer, c)
+    train, val = split_rows(examples, c.val_fraction, c.seed)
+    model = _add_lora(models.load_model(path, dtype, device, c.load_in_4bit, c.trust_remote_code), c)
+    if c.lr is None:
+        c.lr = 1e-3 if c.base == models.BUNDLED else 2e-4
+    steps_per_epoch = math.ceil(len(train) / (c.batch_size * c.grad_accum))
+    record = {"base": models.base_record(c.base), "data": c.data, "data_sha256": dataset.digest,
+              "rows": len(dataset.rows), "rows_too_long": len(dataset.rows) - len(examples),
+              "train_rows": len(train), "val_rows": len(val), "rows_per_step": c.batch_size * c.grad_accum,
+              "device": device, "dtype": str(dtype).replace("torch.", ""), "threads": threads}
+    run = Run(c, model, tokenizer, train, val, device, c.max_steps or steps_per_epoch * c.epochs, steps_per_epoch, record)
+    if c.resume:
+        run.resume_from = _checked_checkpoint(run)
+    return run
+
+
+def _check_paths(c: TrainConfig) -> None:
+    from loramix import models
     from loramix.outputs import check_out
 
     check_options(c)
@@ -132,33 +162,39 @@ def prepare(c: TrainConfig) -> Run:
         raise InputError(f"{ckpt}: no checkpoint to resume from", hint="run without --resume to start afresh")
     if ckpt.exists() and not c.resume and not c.force:
         raise InputError(f"{ckpt}: a checkpoint of an interrupted run exists",
-                         hint="pass --resume to continue it, or --force to start over")
-    dataset = data.load(c.data, c.limit)
-    device = models.pick_device(c.device)
-    dtype = models.pick_dtype(c.dtype, device)
-    if c.load_in_4bit:
-        models.check_4bit(device)
-    threads = models.set_threads(c.threads)
-    path = models.resolve_base(c.base)
-    tokenizer = models.load_tokenizer(path, c.trust_remote_code)
-    examples = [data.tokenize(row, tokenizer, c.max_length) for row in dataset.rows]
-    kept = [e for e in examples if any(t != data.IGNORE for t in e[1])]
+                         hint="pass --resume to continue it, or --force (without --resume) to start over")
+
+
+def _warn_held_out(source: str) -> None:
+    from loramix import render
+    from loramix.data import BUILTIN
+    from loramix.zoo.skills import SKILLS
+
+    name, _, split = source.removeprefix(BUILTIN).partition(":")
+    if source.startswith(BUILTIN) and (split == "eval" or SKILLS[name].composite):
+        render.warning(f"{source} is held out for evaluation; a LoRA trained on it is an upper bound, not a skill")
+
+
+def _tokenize_all(rows: list[dict], tokenizer, c: TrainConfig) -> list:
+    """Tokenized rows that keep at least one loss token within --max-length (a warning counts the rest)."""
+    from loramix import data, render
+
+    examples = []
+    for number, row in enumerate(rows, 1):
+        try:
+            examples.append(data.tokenize(row, tokenizer, c.max_length))
+        except InputError as e:
+            raise InputError(f"{c.data}: row {number}: {e.message}", hint=e.hint)
+        except Exception as e:  # a chat template that rejects the conversation, say
+            raise InputError(f"{c.data}: row {number} cannot be tokenized ({type(e).__name__}: {e})")
+    kept = [e for e in examples if any(t != data.IGNORE for t in e[1][1:])]
     if not kept:
         raise InputError(f"{c.data}: no row has a completion token within --max-length {c.max_length}",
                          hint="raise --max-length or shorten the prompts")
-    train, val = split_rows(kept, c.val_fraction, c.seed)
-    model = models.load_model(path, dtype, device, c.load_in_4bit, c.trust_remote_code)
-    model = _add_lora(model, c)
-    if c.lr is None:
-        c.lr = 1e-3 if c.base == models.BUNDLED else 2e-4
-    per_step = c.batch_size * c.grad_accum
-    steps_per_epoch = math.ceil(len(train) / per_step)
-    steps = c.max_steps or steps_per_epoch * c.epochs
-    record = {"base": models.base_record(c.base), "data": c.data, "data_sha256": dataset.digest,
-              "rows": len(dataset.rows), "rows_too_long": len(examples) - len(kept),
-              "train_rows": len(train), "val_rows": len(val), "device": device, "dtype": str(dtype).replace("torch.", ""),
-              "threads": threads}
-    return Run(c, model, tokenizer, train, val, dataset, device, threads, steps, steps_per_epoch, record)
+    if len(kept) < len(examples):
+        render.warning(f"{len(examples) - len(kept)} of {len(examples)} rows have no completion token within "
+                       f"--max-length {c.max_length} and are skipped")
+    return kept
 
 
 def _add_lora(model, c: TrainConfig):
@@ -198,7 +234,7 @@ def _batch_loss(run: Run, batch: list):
     from loramix.data import IGNORE, collate
 
     b = {k: v.to(run.device) for k, v in collate(batch, run.tokenizer.pad_token_id).items()}
-    logits = run.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    logits = run.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(),
                            ignore_index=IGNORE, reduction="sum")
     return loss, int(b["attention_mask"].sum())
@@ -213,11 +249,16 @@ def validation_loss(run: Run) -> float | None:
     if not run.val:
         return None
     c, loss_sum, count = run.config, 0.0, 0
+    dropouts = [m for m in run.model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    for m in dropouts:  # only dropout goes to eval mode; the rest stays in train mode
+        m.eval()
     with torch.no_grad():
         for i in range(0, len(run.val), c.batch_size):
             batch = run.val[i: i + c.batch_size]
             loss_sum += _batch_loss(run, batch)[0].item()
             count += sum(sum(t != IGNORE for t in labels[1:]) for _, labels in batch)
+    for m in dropouts:
+        m.train()
     return loss_sum / max(1, count)
 
 
@@ -227,74 +268,47 @@ def fingerprint(run: Run) -> dict:
     return {k: run.record.get(k, c.get(k)) for k in RUN_KEYS}
 
 
-def fit(run: Run, report) -> dict:
-    """Train for run.steps optimizer steps (continuing from a checkpoint with --resume) and return
-    the history. `report(step, fields)` is called after every step. The first Ctrl-C stops after
-    the current step and saves a checkpoint (exit 130); a second one aborts at once."""
+def fit(run: Run, report, stop=lambda: False) -> dict:
+    """Train for run.steps optimizer steps (continuing from run.resume_from) and return the
+    history. `report(step, fields)` is called after every step (first with fields None at the
+    start); when `stop()` turns true, a checkpoint is saved and the run ends with exit code 130."""
     import torch
 
     c, ckpt = run.config, checkpoint.checkpoint_dir(run.config.out)
     params = [p for p in run.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=0.0)
     history = {"loss": [], "val": [], "tokens": 0, "seconds": 0.0, "resumed_at": []}
-    if c.resume:
-        history = _restore(run, optimizer, ckpt)
+    if run.resume_from:
+        history = _restore(run, optimizer)
     warmup_steps = round(c.warmup * run.steps)
     start, began = len(history["loss"]), time.time() - history["seconds"]
     report(start, None)
-    with _stop_on_interrupt() as stop:
-        for step in range(start, run.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, run.steps, c.lr, warmup_steps)
-            tick = time.time()
-            loss, tokens = step_loss(run, step_batches(run, step))
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            history["loss"].append(round(loss, 5))
-            history["tokens"] += tokens
-            history["seconds"] = round(time.time() - began, 2)
-            done, val = step + 1, None
-            if done % run.steps_per_epoch == 0 or done == run.steps:
-                val = validation_loss(run)
-                if val is not None:
-                    history["val"].append({"epoch": round(done / run.steps_per_epoch, 3), "step": done, "loss": round(val, 5)})
-            report(done, {"loss": loss, "tokens_per_s": tokens / max(1e-9, time.time() - tick), "val_loss": val})
-            if stop():
-                _save_checkpoint(run, optimizer, ckpt, history)
-                raise LoramixError(f"interrupted after step {done} of {run.steps}; checkpoint saved to {ckpt}",
-                                   hint="continue with the same command plus --resume", exit_code=EXIT_INTERRUPTED)
-            if c.save_every and done % c.save_every == 0 and done < run.steps:
-                _save_checkpoint(run, optimizer, ckpt, history)
+    for step in range(start, run.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, run.steps, c.lr, warmup_steps)
+        torch.manual_seed(c.seed * 1_000_003 + step)  # dropout in the base, if any, replays on resume
+        tick = time.time()
+        loss, tokens = step_loss(run, step_batches(run, step))
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        speed = tokens / max(1e-9, time.time() - tick)
+        history["loss"].append(round(loss, 5))
+        history["tokens"] += tokens
+        done, val = step + 1, None
+        if done % run.steps_per_epoch == 0 or done == run.steps:
+            val = validation_loss(run)
+            if val is not None:
+                history["val"].append({"epoch": round(done / run.steps_per_epoch, 3), "step": done, "loss": round(val, 5)})
+        history["seconds"] = round(time.time() - began, 2)
+        report(done, {"loss": loss, "tokens_per_s": speed, "val_loss": val})
+        if stop() and done < run.steps:
+            _save_checkpoint(run, optimizer, ckpt, history)
+            raise LoramixError(f"interrupted after step {done} of {run.steps}; checkpoint saved to {ckpt}",
+                               hint="continue with the same command plus --resume", exit_code=EXIT_INTERRUPTED)
+        if c.save_every and done % c.save_every == 0 and done < run.steps:
+            _save_checkpoint(run, optimizer, ckpt, history)
     return history
-
-
-class _stop_on_interrupt:
-    """A context in which the first SIGINT only raises a flag (checked between steps)."""
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        self.flag, self.previous = False, None
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return lambda: self.flag
-
-    def _handle(self, signum, frame):
-        if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
-        from loramix import render
-
-        render.warning("stopping after this step to save a checkpoint (Ctrl-C again to abort now)")
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
 
 
 def _trainable(run: Run) -> dict:
@@ -305,19 +319,27 @@ def _save_checkpoint(run: Run, optimizer, folder: Path, history: dict) -> None:
     checkpoint.save(folder, _trainable(run), optimizer, {"run": fingerprint(run), "history": history})
 
 
-def _restore(run: Run, optimizer, folder: Path) -> dict:
+def _checked_checkpoint(run: Run) -> tuple:
+    """The checkpoint of an interrupted run with these settings, or an InputError naming each difference."""
+    folder = checkpoint.checkpoint_dir(run.config.out)
+    weights, opt_state, state = checkpoint.load(folder)
+    now = fingerprint(run)
+    differ = [f"{k}: checkpoint {state['run'].get(k)!r}, now {v!r}" for k, v in now.items() if state["run"].get(k) != v]
+    if differ:
+        raise InputError(f"{folder}: was made with different settings ({'; '.join(differ)})",
+                         hint="resume with the same options, or drop --resume and pass --force to start over")
+    if set(weights) != set(_trainable(run)):
+        raise InputError(f"{folder}: its weights do not match this model's LoRA",
+                         hint="drop --resume and pass --force to start over")
+    return weights, opt_state, state
+
+
+def _restore(run: Run, optimizer) -> dict:
     import torch
 
-    weights, opt_state, state = checkpoint.load(folder)
-    differ = [k for k, v in fingerprint(run).items() if state["run"].get(k) != v]
-    if differ:
-        raise InputError(f"{folder}: was made with different settings ({', '.join(differ)})",
-                         hint="resume with the same command and options, or pass --force to start over")
-    params = _trainable(run)
-    if set(weights) != set(params):
-        raise InputError(f"{folder}: its weights do not match this model's LoRA", hint="pass --force to start over")
+    weights, opt_state, state = run.resume_from
     with torch.no_grad():
-        for name, p in params.items():
+        for name, p in _trainable(run).items():
             p.copy_(weights[name])
     optimizer.load_state_dict(opt_state)
     history = state["history"]
@@ -370,9 +392,10 @@ def run_training(c: TrainConfig, report_factory) -> dict:
     per-step report function. Returns the train log. Out-of-memory becomes one clear error."""
     try:
         run = prepare(c)
-        with report_factory(run.steps) as report:
-            history = fit(run, report)
-        save(run, history)
+        with stop_on_interrupt() as stop:  # also spans save(): a Ctrl-C there lets it finish
+            with report_factory(run.steps) as report:
+                history = fit(run, report, stop)
+            save(run, history)
         return train_log(run, history)
     except (MemoryError, RuntimeError) as e:
         if isinstance(e, MemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e):

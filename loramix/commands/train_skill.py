@@ -63,5 +63,4 @@ def train_skill(
 def _split(text: Optional[str]) -> Optional[list[str]]:
     if text is None:
         return None
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    return names or None
+    return [t.strip() for t in text.split(",") if t.strip()]

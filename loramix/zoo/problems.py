@@ -25,7 +25,7 @@ def _people(rng: random.Random) -> tuple[str, str]:
 
 def _mul(rng):
     a, b = rng.randint(2, 12), rng.randint(2, 20)
-    n, f = _people(rng)
+    n, _ = _people(rng)
     one, many = rng.choice(CONTAINERS)
     o = rng.choice(OBJECTS)
     text = rng.choice((
