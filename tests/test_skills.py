@@ -207,9 +207,10 @@ def test_word_prompts_spell_out_the_numbers():
 @pytest.mark.parametrize("name", list(SKILLS))
 def test_default_sizes_are_delivered_with_distinct_prompts(name):
     assert DEFAULT_ROWS == {"train": 4000, "eval": 500}
+    expected = {"train": 8000 if name == "words" else 4000, "eval": 500}
     for split in SPLITS:
         out = rows(name, split)
-        assert len(out) == DEFAULT_ROWS[split], (name, split)
+        assert len(out) == expected[split] == SKILLS[name].default_rows(split), (name, split)
         assert len({r["prompt"] for r in out}) == len(out), (name, split)
 
 

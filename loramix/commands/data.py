@@ -38,10 +38,10 @@ def data(
 
 def _list(json_out: bool) -> None:
     from loramix import render
-    from loramix.zoo.skills import DEFAULT_ROWS, SKILLS
+    from loramix.zoo.skills import SKILLS
 
     rows = [{"name": f"builtin:{s.name}", "summary": s.summary, "held_out": s.composite,
-             "train_rows": DEFAULT_ROWS["train"], "eval_rows": DEFAULT_ROWS["eval"]} for s in SKILLS.values()]
+             "train_rows": s.default_rows("train"), "eval_rows": s.default_rows("eval")} for s in SKILLS.values()]
     if json_out:
         render.print_json({"skills": rows})
     else:

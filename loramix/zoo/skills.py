@@ -19,7 +19,7 @@ from loramix.zoo.problems import Problem, arithmetic, number_words, unit_convers
 
 SPLITS = ("train", "eval")
 EVAL_SHARE = 5  # one problem key in five belongs to the eval split
-DEFAULT_ROWS = {"train": 4000, "eval": 500}
+DEFAULT_ROWS = {"train": 4000, "eval": 500}  # a skill may ask for more train rows (Skill.train_rows)
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,10 @@ class Skill:
     prompt: Callable[[Problem], str]
     completion: Callable[[Problem], str]
     composite: bool = False  # a held-out task: never a training set in the benchmark
+    train_rows: int = DEFAULT_ROWS["train"]  # rows of builtin:NAME without --limit
+
+    def default_rows(self, split: str) -> int:
+        return self.train_rows if split == "train" else DEFAULT_ROWS[split]
 
 
 SKILLS = {s.name: s for s in (
@@ -42,7 +46,7 @@ SKILLS = {s.name: s for s in (
     Skill("units", "unit conversion -> its arithmetic", unit_conversion,
           lambda p: f"Problem: {p.text}\nAnswer:", lambda p: f" {p.expr}"),
     Skill("words", "numbers in words -> digits", number_words,
-          lambda p: f"Words: {p.text}\nDigits:", lambda p: f" {p.expr}"),
+          lambda p: f"Words: {p.text}\nDigits:", lambda p: f" {p.expr}", train_rows=8000),  # 4000: ~50%
 )}
 
 
@@ -65,9 +69,9 @@ def value(expr: str) -> int | float:
 
 
 def rows(name: str, split: str = "train", n: int | None = None, seed: int = 0) -> list[dict]:
-    """The first `n` rows (default: DEFAULT_ROWS[split]) of a skill's split, always the same."""
+    """The first `n` rows (default: the skill's default for the split) of a split, always the same."""
     skill = SKILLS[name]
-    n = DEFAULT_ROWS[split] if n is None else n
+    n = skill.default_rows(split) if n is None else n
     rng = random.Random(f"{name}/{split}/{seed}")
     out, seen, tries = [], set(), 0
     while len(out) < n:

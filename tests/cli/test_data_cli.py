@@ -52,7 +52,7 @@ def test_no_argument_lists_the_skills():
     for name in SKILLS:
         assert f"builtin:{name}" in result.stdout
     assert "builtin:math" in result.stdout and "builtin:math-code" in result.stdout
-    assert result.stdout.count("4000 / 500") == 5
+    assert result.stdout.count("4000 / 500") == 4 and result.stdout.count("8000 / 500") == 1
     assert result.stderr == ""
 
 
@@ -70,7 +70,10 @@ def test_the_skills_as_json():
     assert [s["name"] for s in skills] == ["builtin:math", "builtin:code", "builtin:math-code", "builtin:units", "builtin:words"]
     assert [s["name"] for s in skills if s["held_out"]] == ["builtin:math-code"]
     assert all(s["held_out"] is False for s in skills if s["name"] != "builtin:math-code")
-    assert all(s["train_rows"] == 4000 and s["eval_rows"] == 500 and s["summary"] for s in skills)
+    sizes = {s["name"]: s["train_rows"] for s in skills}
+    assert sizes == {"builtin:math": 4000, "builtin:code": 4000, "builtin:math-code": 4000,
+                     "builtin:units": 4000, "builtin:words": 8000}
+    assert all(s["eval_rows"] == 500 and s["summary"] for s in skills)
 
 
 # --- showing rows ----------------------------------------------------------------------------------
