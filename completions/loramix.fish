@@ -67,7 +67,7 @@ complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l limit -r -f 
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l load-in-4bit -d 'Load the base in 4 bits (nf4, bitsandbytes; CPU or GPU).'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l dtype -r -a 'auto bfloat16 float16 float32' -f -d 'auto, float32, bfloat16 or float16 [auto: float32 on a CPU, bfloat16 on a GPU].'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l device -r -a 'auto cpu cuda' -f -d 'auto, cpu, cuda or cuda:N.'
-complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l threads -r -f -d 'CPU threads for torch [default: one per core].'
+complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l threads -r -f -d 'CPU threads for torch [default: one per core; use 1 when other processes keep the CPU busy, see README].'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l trust-remote-code -d 'Allow a base model to run its own Python code.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l seed -r -f -d 'Seed for the LoRA init, the validation split and the data order.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l force -s f -d 'Replace --out (and any old checkpoint) if it exists.'

@@ -97,7 +97,7 @@ def test_builtin_sources():
     assert load("builtin:math:train", 4).rows == ds.rows
     assert load("builtin:math-code:eval", 3).rows == rows("math-code", "eval", 3)
     assert load("builtin:units:eval").rows == rows("units", "eval")
-    assert len(load("builtin:words").rows) == 4000
+    assert len(load("builtin:words").rows) == 8000 and len(load("builtin:math").rows) == 4000
 
 
 def test_builtin_rows_pass_the_row_check():

@@ -29,7 +29,7 @@ def train_skill(
     load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="Load the base in 4 bits (nf4, bitsandbytes; CPU or GPU)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 [auto: float32 on a CPU, bfloat16 on a GPU]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: one per core]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: one per core; use 1 when other processes keep the CPU busy, see README]."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a base model to run its own Python code."),
     seed: int = typer.Option(0, "--seed", help="Seed for the LoRA init, the validation split and the data order."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace --out (and any old checkpoint) if it exists."),
