@@ -115,3 +115,8 @@ def wrap(model: nn.Module, adapters: list, granularity: str = "layer", param: st
         setattr(model.get_submodule(parent) if parent else model, child,
                 CatLinear(base, A, B, scale, owner, alpha, group[name]))
     return alpha, labels, group
+
+
+def folded_factors(adapters: list, alpha: torch.Tensor, group: dict[str, int]) -> dict[str, tuple]:
+    """{module: (A, B)} of the merged adapter (scale 1, float32): α·s folded into B, rank Σ r_i."""
+    return {name: fold([a.modules.get(name) for a in adapters], alpha[g]) for name, g in group.items()}

@@ -77,3 +77,21 @@ def test_bad_choices_are_refused(base_dir, three):
         _wrapped(base_dir, three[:2], granularity="block")
     with pytest.raises(ValueError, match="param"):
         cat.CatAlpha(2, 2, param="sigmoid")
+
+
+@pytest.mark.parametrize("profile", ["peft", "portable"])
+def test_the_folded_adapter_reloads_in_peft_with_the_fitted_logits(base_dir, three, tmp_path, profile):
+    from loramix.adapters import write_adapter
+    from loramix.profiles import layout
+    from tests.helpers import peft_logits
+
+    model, adapters, alpha, _, group = _wrapped(base_dir, three)
+    with torch.no_grad():
+        alpha.raw.copy_(torch.tensor([[0.7, 1.3, -0.4], [0.2, 0.9, 1.1]]))
+    config, factors = layout(cat.folded_factors(adapters, alpha(), group), profile, adapters[0].config,
+                             str(base_dir), torch.float32)
+    out = tmp_path / "merged"
+    out.mkdir()
+    write_adapter(out, config, factors)
+    assert config["lora_alpha"] == config["r"]
+    assert torch.allclose(peft_logits(base_dir, out), logits(model), atol=1e-5)
