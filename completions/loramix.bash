@@ -9,7 +9,7 @@ _loramix_root() {
     if [[ "$cur" == -* ]]; then
         _loramix_reply -W '--version --debug --help -h'
     else
-        _loramix_reply -W 'data demo inspect merge train-skill'
+        _loramix_reply -W 'data demo fit-cat inspect merge train-skill'
     fi
 }
 
@@ -29,6 +29,35 @@ _loramix_cmd_demo() {
     esac
     if [[ "$cur" == -* ]]; then
         _loramix_reply -W '--out -o --quick --help -h'
+    fi
+}
+
+_loramix_cmd_fit_cat() {
+    case "$prev" in
+        --data|-d) return ;;
+        --out|-o) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --fraction) return ;;
+        --granularity) _loramix_reply -W 'global layer module'; return ;;
+        --param) _loramix_reply -W 'free softmax'; return ;;
+        --init) return ;;
+        --lr) return ;;
+        --epochs) return ;;
+        --steps) return ;;
+        --batch-size) return ;;
+        --grad-accum) return ;;
+        --max-length) return ;;
+        --val-fraction) return ;;
+        --profile) _loramix_reply -W 'peft portable'; return ;;
+        --base|-b) compopt -o filenames 2>/dev/null; _loramix_reply -d; return ;;
+        --dtype) _loramix_reply -W 'auto bfloat16 float16 float32'; return ;;
+        --device) _loramix_reply -W 'auto cpu cuda'; return ;;
+        --threads) return ;;
+        --seed) return ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        _loramix_reply -W '--data -d --out -o --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --profile --base -b --load-in-4bit --dtype --device --threads --seed --force -f --json --help -h'
+    else
+        compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi
 }
 
@@ -105,6 +134,7 @@ _loramix() {
         "") _loramix_root ;;
         data) _loramix_cmd_data ;;
         demo) _loramix_cmd_demo ;;
+        fit-cat) _loramix_cmd_fit_cat ;;
         inspect) _loramix_cmd_inspect ;;
         merge) _loramix_cmd_merge ;;
         train-skill) _loramix_cmd_train_skill ;;

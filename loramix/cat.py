@@ -27,7 +27,10 @@ def layer_of(module: str) -> int:
     """The block index in a module path: 'model.layers.3.mlp.up_proj' -> 3."""
     found = _LAYER.search("." + module + ".")
     if not found:
-        raise ValueError(f"{module}: no layer index in its name")
+        from loramix.errors import InputError
+
+        raise InputError(f"{module}: no layer index in its name, so it has no per-layer α",
+                         hint="use --granularity module or global")
     return int(found.group(1))
 
 
@@ -53,17 +56,28 @@ class CatAlpha(nn.Module):
         start = torch.full((n_groups, k), float(init)) if param == "free" else torch.zeros(n_groups, k)
         self.raw = nn.Parameter(start)
 
-    def forward(self) -> torch.Tensor:
-        return self.raw if self.param == "free" else torch.softmax(self.raw, dim=-1)
+    def forward(self, present: torch.Tensor | None = None) -> torch.Tensor:
+        return alpha_values(self.raw, self.param, present)
+
+
+def alpha_values(raw: torch.Tensor, param: str, present: torch.Tensor | None = None) -> torch.Tensor:
+    """α (groups, k) from the trained tensor: raw itself, or a softmax over the adapters that are
+    `present` (a (k,) bool mask: where an adapter lacks a module, the others share all of α)."""
+    if param == "free":
+        return raw
+    if present is not None:
+        raw = raw.masked_fill(~present, float("-inf"))
+    return torch.softmax(raw, dim=-1)
 
 
 class CatLinear(nn.Module):
     """A frozen base linear plus the concatenated skill LoRAs, weighted by α[group]."""
 
     def __init__(self, base: nn.Module, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor,
-                 owner: torch.Tensor, alpha: CatAlpha, group: int):
+                 owner: torch.Tensor, alpha: CatAlpha, group: int, present: torch.Tensor):
         super().__init__()
         self.base, self.alpha, self.group = base, [alpha], group  # a list: α is owned by the model once
+        self.register_buffer("present", present)  # (k,) which adapters have this module
         self.register_buffer("A", A)  # (R, in)
         self.register_buffer("B", B)  # (out, R)
         self.register_buffer("scale", scale)  # (R,)
@@ -71,7 +85,7 @@ class CatLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        coef = self.alpha[0]()[self.group].index_select(0, self.owner) * self.scale  # (R,)
+        coef = self.alpha[0](self.present)[self.group].index_select(0, self.owner) * self.scale  # (R,)
         h = nn.functional.linear(x.to(self.A.dtype), self.A) * coef
         return y + nn.functional.linear(h, self.B).to(y.dtype)
 
@@ -84,6 +98,10 @@ def concatenate(modules: list, device=None, dtype=torch.float32):
     scale = torch.cat([torch.full((m.rank,), float(m.scale)) for _, m in present]).to(device, dtype)
     owner = torch.cat([torch.full((m.rank,), i, dtype=torch.long) for i, m in present]).to(device)
     return A, B, scale, owner
+
+
+def present_mask(modules: list) -> torch.Tensor:
+    return torch.tensor([m is not None for m in modules])
 
 
 def fold(modules: list, alpha_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,12 +129,31 @@ def wrap(model: nn.Module, adapters: list, granularity: str = "layer", param: st
     for name in names:
         parent, _, child = name.rpartition(".")
         base = model.get_submodule(name)
-        A, B, scale, owner = concatenate([a.modules.get(name) for a in adapters], device=device)
+        modules = [a.modules.get(name) for a in adapters]
+        A, B, scale, owner = concatenate(modules, device=device)
         setattr(model.get_submodule(parent) if parent else model, child,
-                CatLinear(base, A, B, scale, owner, alpha, group[name]))
+                CatLinear(base, A, B, scale, owner, alpha, group[name], present_mask(modules).to(device)))
     return alpha, labels, group
 
 
-def folded_factors(adapters: list, alpha: torch.Tensor, group: dict[str, int]) -> dict[str, tuple]:
+def folded_factors(adapters: list, raw: torch.Tensor, param: str, group: dict[str, int]) -> dict[str, tuple]:
     """{module: (A, B)} of the merged adapter (scale 1, float32): α·s folded into B, rank Σ r_i."""
-    return {name: fold([a.modules.get(name) for a in adapters], alpha[g]) for name, g in group.items()}
+    out = {}
+    for name, g in group.items():
+        modules = [a.modules.get(name) for a in adapters]
+        out[name] = fold(modules, alpha_values(raw, param, present_mask(modules))[g])
+    return out
+
+
+def group_table(adapters: list, raw: torch.Tensor, param: str, group: dict[str, int]) -> list[list]:
+    """α per group and adapter for reports; None where an adapter has no module in the group
+    (with softmax, the share among the adapters present in the group)."""
+    n_groups, k = raw.shape
+    present = torch.zeros(n_groups, k, dtype=torch.bool)
+    for name, g in group.items():
+        present[g] |= present_mask([a.modules.get(name) for a in adapters])
+    rows = []
+    for g in range(n_groups):
+        values = alpha_values(raw[g: g + 1], param, present[g])[0].tolist()
+        rows.append([round(v, 6) if present[g, i] else None for i, v in enumerate(values)])
+    return rows

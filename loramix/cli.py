@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from loramix import __version__
-from loramix.commands import data, demo, inspect, merge, train_skill
+from loramix.commands import data, demo, fit_cat, inspect, merge, train_skill
 from loramix.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, LoramixError
 
 
@@ -88,6 +88,7 @@ def root(
 
 
 app.command("train-skill", no_args_is_help=True)(train_skill.train_skill)
+app.command("fit-cat", no_args_is_help=True)(fit_cat.fit_cat)
 app.command("merge", no_args_is_help=True)(merge.merge)
 app.command("inspect", no_args_is_help=True)(inspect.inspect)
 app.command("data")(data.data)

@@ -50,6 +50,14 @@ VALUES: dict[str, dict[str, Union[tuple, Callable[[], list], str]]] = {
         "--device": ("auto", "cpu", "cuda"),
     },
     "data": {"--dump": "file"},
+    "fit-cat": {
+        "--granularity": ("layer", "module", "global"),
+        "--param": ("free", "softmax"),
+        "--profile": ("peft", "portable"),
+        "--base": "dir",
+        "--dtype": ("auto", "float32", "bfloat16", "float16"),
+        "--device": ("auto", "cpu", "cuda"),
+    },
 }
 PATH_KINDS = ("path", "file", "dir")  # widest first
 _WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

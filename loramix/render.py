@@ -305,3 +305,22 @@ def skills_table(rows: list[dict]) -> Table:
         task = r["summary"] + ("  \\[held out]" if r["held_out"] else "")
         table.add_row(r["name"], task, f"{r['train_rows']} / {r['eval_rows']}")
     return table
+
+
+def cat_view(doc: dict, out: str, color: bool) -> list:
+    """fit-cat's result: a summary and the α heatmap (groups down, adapters across)."""
+    val = "-" if doc["best_val_loss"] is None else f"{fmt_num(doc['best_val_loss'], 4)} (α of step {doc['chosen_step']})"
+    rows = [
+        ("adapter", out), ("base", doc["base"]),
+        ("skills", ", ".join(a["name"] for a in doc["adapters"])),
+        ("data", ", ".join(f"{d['data']} ({d['used']} of {d['rows']})" for d in doc["data"])),
+        ("α", f"{doc['granularity']}, {doc['param']}" + (f", init {doc['init']}" if doc["param"] == "free" else "")
+              + f", lr {doc['lr']}"),
+        ("steps", f"{doc['steps']} of {doc['planned_steps']}" + (" (interrupted)" if doc["interrupted"] else "")),
+        ("validation loss", val),
+        ("time", f"{fmt_seconds(doc['seconds'])}, {doc['tokens']:,} tokens"),
+    ]
+    names = [a["name"] for a in doc["adapters"]]
+    title = {"layer": "α per layer", "module": "α per module", "global": "α"}[doc["granularity"]]
+    grid = heatmap(title, doc["groups"], names, doc["alpha"], color=color)
+    return [key_value_table("fitted", rows), "", grid]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,19 +68,19 @@ class Run:
     resume_from: tuple | None = None  # (weights, optimizer state, state) of the checkpoint
 
 
-def check_options(c: TrainConfig) -> None:
-    for name, value, low in (("--rank", c.rank, 1), ("--epochs", c.epochs, 1), ("--batch-size", c.batch_size, 1),
-                             ("--grad-accum", c.grad_accum, 1), ("--max-length", c.max_length, 2),
-                             ("--save-every", c.save_every, 0)):
-        if value < low:
+def check_options(c) -> None:
+    """Range checks shared by train-skill and fit-cat (options a config lacks are skipped)."""
+    for name, attr, low in (("--rank", "rank", 1), ("--epochs", "epochs", 1), ("--batch-size", "batch_size", 1),
+                            ("--grad-accum", "grad_accum", 1), ("--max-length", "max_length", 2),
+                            ("--save-every", "save_every", 0), ("--max-steps", "max_steps", 1)):
+        value = getattr(c, attr, None)
+        if value is not None and value < low:
             raise InputError(f"{name} {value}: must be at least {low}")
-    if c.max_steps is not None and c.max_steps < 1:
-        raise InputError(f"--max-steps {c.max_steps}: must be at least 1")
     if not 0 <= c.val_fraction < 1:
         raise InputError(f"--val-fraction {c.val_fraction}: must be in [0, 1)")
     if not 0 <= c.warmup < 1:
         raise InputError(f"--warmup {c.warmup}: must be in [0, 1)")
-    for name, value in (("--lr", c.lr), ("--alpha", c.alpha)):
+    for name, value in (("--lr", c.lr), ("--alpha", getattr(c, "alpha", None))):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(f"{name} {value}: must be a positive number")
 
@@ -126,7 +127,7 @@ def prepare(c: TrainConfig) -> Run:
 
     _check_paths(c)
     dataset = data.load(c.data, c.limit)
-    _warn_held_out(c.data)
+    warn_held_out(c.data)
     device = models.pick_device(c.device)
     dtype = models.pick_dtype(c.dtype, device)
     if c.load_in_4bit:
@@ -134,7 +135,7 @@ def prepare(c: TrainConfig) -> Run:
     threads = models.set_threads(c.threads)
     path = models.resolve_base(c.base)
     tokenizer = models.load_tokenizer(path, c.trust_remote_code)
-    examples = _tokenize_all(dataset.rows, tokenizer, c)
+    examples = tokenize_all(dataset.rows, tokenizer, c.max_length, c.data)
     train, val = split_rows(examples, c.val_fraction, c.seed)
     model = _add_lora(models.load_model(path, dtype, device, c.load_in_4bit, c.trust_remote_code), c)
     if c.lr is None:
@@ -165,7 +166,7 @@ def _check_paths(c: TrainConfig) -> None:
                          hint="pass --resume to continue it, or --force (without --resume) to start over")
 
 
-def _warn_held_out(source: str) -> None:
+def warn_held_out(source: str) -> None:
     from loramix import render
     from loramix.data import BUILTIN
     from loramix.zoo.skills import SKILLS
@@ -175,25 +176,25 @@ def _warn_held_out(source: str) -> None:
         render.warning(f"{source} is held out for evaluation; a LoRA trained on it is an upper bound, not a skill")
 
 
-def _tokenize_all(rows: list[dict], tokenizer, c: TrainConfig) -> list:
+def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> list:
     """Tokenized rows that keep at least one loss token within --max-length (a warning counts the rest)."""
     from loramix import data, render
 
     examples = []
     for number, row in enumerate(rows, 1):
         try:
-            examples.append(data.tokenize(row, tokenizer, c.max_length))
+            examples.append(data.tokenize(row, tokenizer, max_length))
         except InputError as e:
-            raise InputError(f"{c.data}: row {number}: {e.message}", hint=e.hint)
+            raise InputError(f"{label}: row {number}: {e.message}", hint=e.hint)
         except Exception as e:  # a chat template that rejects the conversation, say
-            raise InputError(f"{c.data}: row {number} cannot be tokenized ({type(e).__name__}: {e})")
+            raise InputError(f"{label}: row {number} cannot be tokenized ({type(e).__name__}: {e})")
     kept = [e for e in examples if any(t != data.IGNORE for t in e[1][1:])]
     if not kept:
-        raise InputError(f"{c.data}: no row has a completion token within --max-length {c.max_length}",
+        raise InputError(f"{label}: no row has a completion token within --max-length {max_length}",
                          hint="raise --max-length or shorten the prompts")
     if len(kept) < len(examples):
         render.warning(f"{len(examples) - len(kept)} of {len(examples)} rows have no completion token within "
-                       f"--max-length {c.max_length} and are skipped")
+                       f"--max-length {max_length} and are skipped")
     return kept
 
 
@@ -268,10 +269,11 @@ def fingerprint(run: Run) -> dict:
     return {k: run.record.get(k, c.get(k)) for k in RUN_KEYS}
 
 
-def fit(run: Run, report, stop=lambda: False) -> dict:
+def fit(run: Run, report, stop=lambda: False, on_stop=None) -> dict:
     """Train for run.steps optimizer steps (continuing from run.resume_from) and return the
     history. `report(step, fields)` is called after every step (first with fields None at the
-    start); when `stop()` turns true, a checkpoint is saved and the run ends with exit code 130."""
+    start); when `stop()` turns true, `on_stop(history)` runs if given (and must raise), else a
+    checkpoint is saved and the run ends with exit code 130."""
     import torch
 
     c, ckpt = run.config, checkpoint.checkpoint_dir(run.config.out)
@@ -296,13 +298,16 @@ def fit(run: Run, report, stop=lambda: False) -> dict:
         history["loss"].append(round(loss, 5))
         history["tokens"] += tokens
         done, val = step + 1, None
-        if done % run.steps_per_epoch == 0 or done == run.steps:
+        every = getattr(c, "eval_every", 0)
+        if done % run.steps_per_epoch == 0 or done == run.steps or (every and done % every == 0):
             val = validation_loss(run)
             if val is not None:
                 history["val"].append({"epoch": round(done / run.steps_per_epoch, 3), "step": done, "loss": round(val, 5)})
         history["seconds"] = round(time.time() - began, 2)
         report(done, {"loss": loss, "tokens_per_s": speed, "val_loss": val})
         if stop() and done < run.steps:
+            if on_stop is not None:
+                on_stop(history)
             _save_checkpoint(run, optimizer, ckpt, history)
             raise LoramixError(f"interrupted after step {done} of {run.steps}; checkpoint saved to {ckpt}",
                                hint="continue with the same command plus --resume", exit_code=EXIT_INTERRUPTED)
@@ -390,13 +395,20 @@ OOM_HINT = "lower --batch-size (raising --grad-accum keeps the step size), lower
 def run_training(c: TrainConfig, report_factory) -> dict:
     """prepare -> fit -> save; `report_factory(total)` is a context manager yielding the
     per-step report function. Returns the train log. Out-of-memory becomes one clear error."""
-    try:
+    with memory_errors():
         run = prepare(c)
         with stop_on_interrupt() as stop:  # also spans save(): a Ctrl-C there lets it finish
             with report_factory(run.steps) as report:
                 history = fit(run, report, stop)
             save(run, history)
         return train_log(run, history)
+
+
+@contextmanager
+def memory_errors():
+    """Turn an out-of-memory failure (CPU or CUDA) into one LoramixError with what to change."""
+    try:
+        yield
     except (MemoryError, RuntimeError) as e:
         if isinstance(e, MemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e):
             raise LoramixError(f"out of memory while training ({str(e).splitlines()[0][:200] or type(e).__name__})",

@@ -36,8 +36,10 @@ def test_groups_per_granularity():
     assert cat.groups(names, "module")[1] == {names[0]: 0, names[1]: 1, names[2]: 2}
     assert cat.groups(names, "global") == (["all"], {n: 0 for n in names})
     assert cat.layer_of("transformer.h.11.attn.c_attn") == 11
-    with pytest.raises(ValueError):
-        cat.layer_of("lm_head")
+    from loramix.errors import InputError
+
+    with pytest.raises(InputError, match="no layer index"):
+        cat.layer_of("multi_modal_projector.linear_1")
 
 
 def test_alpha_one_is_the_exact_sum_of_the_adapters(base_dir, three):
@@ -88,10 +90,49 @@ def test_the_folded_adapter_reloads_in_peft_with_the_fitted_logits(base_dir, thr
     model, adapters, alpha, _, group = _wrapped(base_dir, three)
     with torch.no_grad():
         alpha.raw.copy_(torch.tensor([[0.7, 1.3, -0.4], [0.2, 0.9, 1.1]]))
-    config, factors = layout(cat.folded_factors(adapters, alpha(), group), profile, adapters[0].config,
+    config, factors = layout(cat.folded_factors(adapters, alpha.raw.detach(), "free", group), profile, adapters[0].config,
                              str(base_dir), torch.float32)
     out = tmp_path / "merged"
     out.mkdir()
     write_adapter(out, config, factors)
     assert config["lora_alpha"] == config["r"]
     assert torch.allclose(peft_logits(base_dir, out), logits(model), atol=1e-5)
+
+
+def test_alpha_one_equals_peft_with_both_adapters_active(base_dir, three):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, _, _, _, _ = _wrapped(base_dir, three[:2])
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), three[0], adapter_name="a")
+    peft.load_adapter(three[1], adapter_name="b")
+    peft.base_model.set_adapter(["a", "b"])
+    assert torch.allclose(logits(peft.eval()), logits(model), atol=1e-5)
+
+
+def test_softmax_shares_alpha_among_the_adapters_a_module_has(base_dir, three):
+    """Adapter c targets only q_proj and v_proj: in the MLP the other two share all of α."""
+    model, adapters, alpha, _, group = _wrapped(base_dir, three, granularity="layer", param="softmax")
+    with torch.no_grad():
+        alpha.raw.copy_(torch.tensor([[0.3, -0.2, 1.0], [0.0, 0.5, -1.0]]))
+    deltas = {}
+    for name, g in group.items():
+        modules = [a.modules.get(name) for a in adapters]
+        weights = torch.softmax(alpha.raw[g][[m is not None for m in modules]].detach(), dim=0).tolist()
+        present = [m for m in modules if m is not None]
+        deltas[name] = sum(w * m.delta() for w, m in zip(weights, present))
+    assert torch.allclose(logits(model), delta_logits(base_dir, deltas), atol=1e-5)
+    folded = cat.folded_factors(adapters, alpha.raw.detach(), "softmax", group)
+    for name, (A, B) in folded.items():
+        assert torch.allclose(B @ A, deltas[name], atol=1e-6)
+    table = cat.group_table(adapters, alpha.raw.detach(), "softmax", group)
+    assert all(row[2] is not None for row in table)  # c is present in every layer (q, v)
+
+
+def test_an_adapter_absent_from_every_module_of_a_group_gets_no_gradient(base_dir, three):
+    model, _, alpha, labels, group = _wrapped(base_dir, three, granularity="module", param="softmax")
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    mlp = [g for name, g in group.items() if "mlp" in name]
+    assert mlp and all(alpha.raw.grad[g, 2] == 0 for g in mlp)
+    assert all(alpha.raw.grad[g, :2].abs().sum() > 0 for g in mlp)

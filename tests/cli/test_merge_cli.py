@@ -77,7 +77,7 @@ def test_help_is_fast_and_does_not_import_torch():
     code = (
         "import sys\n"
         "from loramix.cli import app\n"
-        "for args in (['--help'], ['merge', '--help'], ['inspect', '--help'], ['train-skill', '--help'], "
+        "for args in (['--help'], ['merge', '--help'], ['inspect', '--help'], ['train-skill', '--help'], ['fit-cat', '--help'], "
         "['data', '--help'], ['data'], ['--version']):\n"
         "    try:\n"
         "        app(args, prog_name='loramix')\n"
