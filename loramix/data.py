@@ -173,6 +173,37 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def warn_held_out(source: str) -> None:
+    from loramix import render
+    from loramix.zoo.skills import SKILLS
+
+    name, _, split = source.removeprefix(BUILTIN).partition(":")
+    if source.startswith(BUILTIN) and (split == "eval" or SKILLS[name].composite):
+        render.warning(f"{source} is held out for evaluation; a LoRA trained on it is an upper bound, not a skill")
+
+
+def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> list:
+    """Tokenized rows that keep at least one loss token within --max-length (a warning counts the rest)."""
+    from loramix import render
+
+    examples = []
+    for number, row in enumerate(rows, 1):
+        try:
+            examples.append(tokenize(row, tokenizer, max_length))
+        except InputError as e:
+            raise InputError(f"{label}: row {number}: {e.message}", hint=e.hint)
+        except Exception as e:  # a chat template that rejects the conversation, say
+            raise InputError(f"{label}: row {number} cannot be tokenized ({type(e).__name__}: {e})")
+    kept = [e for e in examples if any(t != IGNORE for t in e[1][1:])]
+    if not kept:
+        raise InputError(f"{label}: no row has a completion token within --max-length {max_length}",
+                         hint="raise --max-length or shorten the prompts")
+    if len(kept) < len(examples):
+        render.warning(f"{len(examples) - len(kept)} of {len(examples)} rows have no completion token within "
+                       f"--max-length {max_length} and are skipped")
+    return kept
+
+
 def jsonl_lines(rows: list[dict]):
     for row in rows:
         yield json.dumps(row, ensure_ascii=False)

@@ -80,7 +80,7 @@ def mixed_rows(c: CatConfig) -> list[dict]:
     rng, mixed = random.Random(c.seed), []
     for source in c.data:
         dataset = data.load(source)
-        train.warn_held_out(source)
+        data.warn_held_out(source)
         rows = dataset.rows
         n = max(1, math.ceil(c.fraction * len(rows)))
         chosen = rng.sample(range(len(rows)), n)
@@ -94,7 +94,7 @@ def prepare(c: CatConfig):
     """Check, load the adapters, the data and the base, and wrap the base: (train.Run, state)."""
     import torch
 
-    from loramix import models, render
+    from loramix import data, models, render
     from loramix.adapters import check_compatible, read_adapter
     from loramix.outputs import check_out
 
@@ -117,7 +117,7 @@ def prepare(c: CatConfig):
         models.check_4bit(device)
     threads = models.set_threads(c.threads)
     tokenizer = models.load_tokenizer(path)
-    examples = train.tokenize_all(rows, tokenizer, c.max_length, "--data")
+    examples = data.tokenize_all(rows, tokenizer, c.max_length, "--data")
     rows_train, rows_val = train.split_rows(examples, c.val_fraction, c.seed)
     model = models.load_model(path, dtype, device, c.load_in_4bit)
     _check_shapes(model, adapters)

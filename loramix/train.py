@@ -127,7 +127,7 @@ def prepare(c: TrainConfig) -> Run:
 
     _check_paths(c)
     dataset = data.load(c.data, c.limit)
-    warn_held_out(c.data)
+    data.warn_held_out(c.data)
     device = models.pick_device(c.device)
     dtype = models.pick_dtype(c.dtype, device)
     if c.load_in_4bit:
@@ -135,7 +135,7 @@ def prepare(c: TrainConfig) -> Run:
     threads = models.set_threads(c.threads)
     path = models.resolve_base(c.base)
     tokenizer = models.load_tokenizer(path, c.trust_remote_code)
-    examples = tokenize_all(dataset.rows, tokenizer, c.max_length, c.data)
+    examples = data.tokenize_all(dataset.rows, tokenizer, c.max_length, c.data)
     train, val = split_rows(examples, c.val_fraction, c.seed)
     model = _add_lora(models.load_model(path, dtype, device, c.load_in_4bit, c.trust_remote_code), c)
     if c.lr is None:
@@ -164,38 +164,6 @@ def _check_paths(c: TrainConfig) -> None:
     if ckpt.exists() and not c.resume and not c.force:
         raise InputError(f"{ckpt}: a checkpoint of an interrupted run exists",
                          hint="pass --resume to continue it, or --force (without --resume) to start over")
-
-
-def warn_held_out(source: str) -> None:
-    from loramix import render
-    from loramix.data import BUILTIN
-    from loramix.zoo.skills import SKILLS
-
-    name, _, split = source.removeprefix(BUILTIN).partition(":")
-    if source.startswith(BUILTIN) and (split == "eval" or SKILLS[name].composite):
-        render.warning(f"{source} is held out for evaluation; a LoRA trained on it is an upper bound, not a skill")
-
-
-def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> list:
-    """Tokenized rows that keep at least one loss token within --max-length (a warning counts the rest)."""
-    from loramix import data, render
-
-    examples = []
-    for number, row in enumerate(rows, 1):
-        try:
-            examples.append(data.tokenize(row, tokenizer, max_length))
-        except InputError as e:
-            raise InputError(f"{label}: row {number}: {e.message}", hint=e.hint)
-        except Exception as e:  # a chat template that rejects the conversation, say
-            raise InputError(f"{label}: row {number} cannot be tokenized ({type(e).__name__}: {e})")
-    kept = [e for e in examples if any(t != data.IGNORE for t in e[1][1:])]
-    if not kept:
-        raise InputError(f"{label}: no row has a completion token within --max-length {max_length}",
-                         hint="raise --max-length or shorten the prompts")
-    if len(kept) < len(examples):
-        render.warning(f"{len(examples) - len(kept)} of {len(examples)} rows have no completion token within "
-                       f"--max-length {max_length} and are skipped")
-    return kept
 
 
 def _add_lora(model, c: TrainConfig):
