@@ -73,28 +73,37 @@ def check_options(c: CatConfig) -> None:
     train.check_options(c)
 
 
-def mixed_rows(c: CatConfig) -> list[dict]:
-    """`--fraction` of each --data set (a seeded sample, at least one row each), mixed and shuffled."""
+def sample_rows(c: CatConfig) -> list[tuple[str, list[dict]]]:
+    """`--fraction` of each --data set: a seeded sample of at least one row, per source."""
     from loramix import data
 
-    rng, mixed = random.Random(c.seed), []
+    rng, samples = random.Random(c.seed), []
     for source in c.data:
         dataset = data.load(source)
         data.warn_held_out(source)
-        rows = dataset.rows
-        n = max(1, math.ceil(c.fraction * len(rows)))
-        chosen = rng.sample(range(len(rows)), n)
-        mixed += [rows[i] for i in sorted(chosen)]
-        c.sources.append({"data": source, "rows": len(rows), "used": n, "sha256": dataset.digest})
-    rng.shuffle(mixed)
-    return mixed
+        n = max(1, math.ceil(c.fraction * len(dataset.rows)))
+        chosen = sorted(rng.sample(range(len(dataset.rows)), n))
+        samples.append((source, [dataset.rows[i] for i in chosen]))
+        c.sources.append({"data": source, "rows": len(dataset.rows), "used": n, "sha256": dataset.digest})
+    return samples
+
+
+def mixed_examples(samples: list[tuple[str, list[dict]]], tokenizer, c: CatConfig) -> list:
+    """The samples tokenized (each source refused on its own if no row fits), mixed and shuffled."""
+    from loramix import data
+
+    examples = []
+    for source, rows in samples:
+        examples += data.tokenize_all(rows, tokenizer, c.max_length, source)
+    random.Random(c.seed + 1).shuffle(examples)
+    return examples
 
 
 def prepare(c: CatConfig):
     """Check, load the adapters, the data and the base, and wrap the base: (train.Run, state)."""
     import torch
 
-    from loramix import data, models, render
+    from loramix import models, render
     from loramix.adapters import check_compatible, read_adapter
     from loramix.outputs import check_out
 
@@ -110,14 +119,14 @@ def prepare(c: CatConfig):
     path = models.resolve_base(base)
     if path.resolve().is_relative_to(c.out.resolve()):
         raise InputError(f"{c.out}: holds the base model; write the result somewhere else")
-    rows = mixed_rows(c)
+    samples = sample_rows(c)
     device = models.pick_device(c.device)
     dtype = models.pick_dtype(c.dtype, device)
     if c.load_in_4bit:
         models.check_4bit(device)
     threads = models.set_threads(c.threads)
     tokenizer = models.load_tokenizer(path)
-    examples = data.tokenize_all(rows, tokenizer, c.max_length, "--data")
+    examples = mixed_examples(samples, tokenizer, c)
     rows_train, rows_val = train.split_rows(examples, c.val_fraction, c.seed)
     model = models.load_model(path, dtype, device, c.load_in_4bit)
     _check_shapes(model, adapters)

@@ -181,3 +181,12 @@ def test_ctrl_c_writes_the_best_alpha_so_far_and_exits_130(skills, tmp_path, mon
     assert doc["interrupted"] and doc["steps"] == 3 and doc["chosen_step"] == 0  # no validation since step 0
     assert torch.equal(torch.tensor(doc["alpha"]), torch.ones(8, 2))  # so the initial α is written
     assert (tmp_path / "soup" / "adapter_model.safetensors").is_file()
+
+
+def test_a_data_set_with_no_row_that_fits_is_named(skills, tmp_path):
+    long_rows = tmp_path / "long.jsonl"
+    long_rows.write_text(('{"prompt": "%s", "completion": " 1"}\n' % ("x " * 400)) * 4)
+    result = _fit(tmp_path / "o", skills["math"], skills["noise"], "--data", "builtin:math", "--data", str(long_rows),
+                  "--max-length", "64")
+    assert result.exit_code == 2 and "long.jsonl: no row has a completion token within --max-length 64" in result.stderr
+    assert not (tmp_path / "o").exists()
