@@ -105,12 +105,13 @@ def present_mask(modules: list) -> torch.Tensor:
 
 
 def fold(modules: list, alpha_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One module's merged factors: A = stack(A_i), B = concat(α_i · s_i · B_i) (exact)."""
-    present = [(i, m) for i, m in enumerate(modules) if m is not None]
-    A = torch.cat([m.A.float() for _, m in present])
+    """One module's merged factors: A = stack(A_i), B = concat(α_i · s_i · B_i) (exact): the
+    linear merge's concatenation with α as the weights."""
+    from loramix.merge.linear import concat_factors
+
     weights = alpha_row.detach().float().tolist()
-    B = torch.cat([weights[i] * m.scale * m.B.float() for i, m in present], dim=1)
-    return A, B
+    present = [(m.A, m.B, m.scale, weights[i]) for i, m in enumerate(modules) if m is not None]
+    return concat_factors([(a, b, s) for a, b, s, _ in present], [w for *_, w in present])
 
 
 def wrap(model: nn.Module, adapters: list, granularity: str = "layer", param: str = "free",

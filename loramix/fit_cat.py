@@ -120,11 +120,7 @@ def prepare(c: CatConfig):
     if path.resolve().is_relative_to(c.out.resolve()):
         raise InputError(f"{c.out}: holds the base model; write the result somewhere else")
     samples = sample_rows(c)
-    device = models.pick_device(c.device)
-    dtype = models.pick_dtype(c.dtype, device)
-    if c.load_in_4bit:
-        models.check_4bit(device)
-    threads = models.set_threads(c.threads)
+    device, dtype, threads = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
     tokenizer = models.load_tokenizer(path)
     examples = mixed_examples(samples, tokenizer, c)
     rows_train, rows_val = train.split_rows(examples, c.val_fraction, c.seed)

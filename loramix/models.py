@@ -103,6 +103,15 @@ def set_threads(threads: int | None) -> int:
     return threads
 
 
+def setup(device: str, dtype: str, load_in_4bit: bool, threads: int | None):
+    """(device, torch dtype, thread count) for a run, refusing what this machine cannot do."""
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    if load_in_4bit:
+        check_4bit(device)
+    return device, torch_dtype, set_threads(threads)
+
+
 def check_4bit(device: str) -> None:
     """Raise with the reason if bitsandbytes cannot run 4-bit layers on `device`."""
     import importlib

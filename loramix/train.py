@@ -128,11 +128,7 @@ def prepare(c: TrainConfig) -> Run:
     _check_paths(c)
     dataset = data.load(c.data, c.limit)
     data.warn_held_out(c.data)
-    device = models.pick_device(c.device)
-    dtype = models.pick_dtype(c.dtype, device)
-    if c.load_in_4bit:
-        models.check_4bit(device)
-    threads = models.set_threads(c.threads)
+    device, dtype, threads = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
     path = models.resolve_base(c.base)
     tokenizer = models.load_tokenizer(path, c.trust_remote_code)
     examples = data.tokenize_all(dataset.rows, tokenizer, c.max_length, c.data)
