@@ -48,6 +48,7 @@ _loramix_cmd_fit_cat() {
         --max-length) return ;;
         --val-fraction) return ;;
         --profile) _loramix_reply -W 'peft portable'; return ;;
+        --rank|-r) return ;;
         --base|-b) compopt -o filenames 2>/dev/null; _loramix_reply -d; return ;;
         --dtype) _loramix_reply -W 'auto bfloat16 float16 float32'; return ;;
         --device) _loramix_reply -W 'auto cpu cuda'; return ;;
@@ -55,7 +56,7 @@ _loramix_cmd_fit_cat() {
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--data -d --out -o --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --profile --base -b --load-in-4bit --dtype --device --threads --seed --force -f --json --help -h'
+        _loramix_reply -W '--data -d --out -o --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --profile --rank -r --base -b --load-in-4bit --dtype --device --threads --seed --force -f --json --help -h'
     else
         compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi
@@ -82,11 +83,12 @@ _loramix_cmd_merge() {
         --majority-sign) _loramix_reply -W 'frequency total'; return ;;
         --rank|-r) return ;;
         --profile) _loramix_reply -W 'peft portable'; return ;;
+        --cat-weights) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
         --into-base) compopt -o filenames 2>/dev/null; _loramix_reply -d; return ;;
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--method -m --out -o --weights -w --density --majority-sign --rank -r --profile --into-base --list-methods --seed --force -f --json --help -h'
+        _loramix_reply -W '--method -m --out -o --weights -w --density --majority-sign --rank -r --profile --cat-weights --into-base --list-methods --seed --force -f --json --help -h'
     else
         compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi

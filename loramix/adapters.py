@@ -354,7 +354,7 @@ def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
         use_dora=False,
         modules_to_save=None,
         bias="none",
-        target_modules=sorted({name.rsplit(".", 1)[-1] for name in ranks}),
+        target_modules=target_modules(list(ranks)),
         layers_to_transform=None,
         layers_pattern=None,
         init_lora_weights=True,
@@ -362,6 +362,19 @@ def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
     )
     config.setdefault("task_type", "CAUSAL_LM")
     return config
+
+
+def target_modules(names: list[str]) -> list[str]:
+    """PEFT's target_modules: the module kinds (q_proj, ...) when every kind is in the same layers,
+    else the full names, so that no layer gets empty LoRA modules for a kind it does not have."""
+    from loramix.analysis import split_module
+
+    layers: dict[str, set] = {}
+    for name in names:
+        layers.setdefault(name.rsplit(".", 1)[-1], set()).add(split_module(name)[0])
+    if len({frozenset(v) for v in layers.values()}) <= 1:
+        return sorted(layers)
+    return sorted(names)
 
 
 def write_adapter(folder: Path, config: dict, factors: dict[str, tuple]) -> None:

@@ -156,5 +156,5 @@ def group_table(adapters: list, raw: torch.Tensor, param: str, group: dict[str, 
     rows = []
     for g in range(n_groups):
         values = alpha_values(raw[g: g + 1], param, present[g])[0].tolist()
-        rows.append([round(v, 6) if present[g, i] else None for i, v in enumerate(values)])
+        rows.append([v if present[g, i] else None for i, v in enumerate(values)])
     return rows

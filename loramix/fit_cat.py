@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loramix import cat, train
+from loramix.cat_weights import TABLE_NAME
 from loramix.errors import EXIT_INTERRUPTED, InputError, LoramixError
 
-TABLE_NAME = "cat_weights.json"
 TENSOR_NAME = "cat_weights.safetensors"
 
 
@@ -37,6 +37,7 @@ class CatConfig:
     val_fraction: float = 0.1
     warmup: float = 0.05
     profile: str = "peft"
+    rank: int | None = None  # truncate the written adapter by SVD [default: Σ r_i, exact]
     load_in_4bit: bool = False
     dtype: str = "auto"
     device: str = "auto"
@@ -65,6 +66,8 @@ def check_options(c: CatConfig) -> None:
             raise InputError(f"{name} {value}: unknown", hint=f"choose one of {', '.join(allowed)}")
     if not math.isfinite(c.init):
         raise InputError(f"--init {c.init}: must be a finite number")
+    if c.rank is not None and c.rank < 1:
+        raise InputError(f"--rank {c.rank}: must be at least 1")
     if c.max_steps is not None and c.max_steps < 1:
         raise InputError(f"--steps {c.max_steps}: must be at least 1")
     resolved = [Path(p).resolve() for p in c.adapters]
@@ -165,6 +168,7 @@ def _fit_and_write(c: CatConfig, report_factory) -> dict:
     run, state = prepare(c)
     alpha = state["alpha"]
     best = {"val_loss": train.validation_loss(run), "step": 0, "raw": alpha.raw.detach().clone()}
+    state["val0"] = best["val_loss"]  # α at its start is a candidate too, and the curve's first point
 
     def keep_best(report):
         def update(step, fields):
@@ -202,16 +206,41 @@ def write(run, state: dict, raw, history: dict, best: dict, interrupted: bool = 
 
     c, adapters = run.config, state["adapters"]
     factors = cat.folded_factors(adapters, raw, c.param, state["group"])
+    factors, errors = truncate(factors, c.rank)
     dtypes = {a.dtype for a in adapters}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     config, factors = layout(factors, c.profile, adapters[0].config, state["base"], dtype)
     doc = table(run, state, raw, history, best, interrupted)
+    ranks = [A.shape[0] for A, _ in factors.values()]
+    doc.update(rank={"min": min(ranks), "max": max(ranks)}, svd_error=_span(errors))
     alpha = torch.tensor([[float("nan") if v is None else v for v in row] for row in doc["alpha"]])
     with atomic_dir(c.out, c.force) as tmp:
         write_adapter(tmp, config, factors)
         save_file({"alpha": alpha, "raw": raw.float().contiguous()}, str(tmp / TENSOR_NAME))
         (tmp / TABLE_NAME).write_text(json.dumps(doc, indent=1) + "\n")
     return doc
+
+
+def truncate(factors: dict, rank: int | None) -> tuple[dict, dict[str, float]]:
+    """--rank: the best rank-K approximation of each folded module, with its relative error."""
+    from loramix.merge.factor import truncate_lowrank
+
+    if rank is None:
+        return factors, {name: 0.0 for name in factors}
+    out, errors = {}, {}
+    for name, (A, B) in factors.items():
+        A, B, errors[name] = truncate_lowrank(A, B, rank)
+        out[name] = (A, B)
+    return out, errors
+
+
+def _span(errors: dict[str, float]) -> dict:
+    values = list(errors.values())
+    return {"max": max(values), "mean": sum(values) / len(values)}
+
+
+def _with_start(val0: float | None, val: list[dict]) -> list[dict]:
+    return ([{"epoch": 0.0, "step": 0, "loss": round(val0, 5)}] if val0 is not None else []) + val
 
 
 def table(run, state: dict, raw, history: dict, best: dict, interrupted: bool) -> dict:
@@ -230,5 +259,5 @@ def table(run, state: dict, raw, history: dict, best: dict, interrupted: bool) -
         "steps": len(history["loss"]), "planned_steps": run.steps, "interrupted": interrupted,
         "rows_train": run.record["rows_train"], "rows_val": run.record["rows_val"],
         "tokens": history["tokens"], "seconds": history["seconds"],
-        "loss_curve": history["loss"], "val_loss": history["val"],
+        "loss_curve": history["loss"], "val_loss": _with_start(state["val0"], history["val"]),
     }

@@ -72,6 +72,19 @@ def adapter_report(adapter: Adapter) -> dict:
     }
 
 
+def cat_heatmap(doc: dict) -> dict:
+    """fit-cat's α table as a grid: layers (or the one global row) down, adapters across; for
+    module granularity, adapter × module kind across. None where an adapter has no module."""
+    names = [a["name"] for a in doc["adapters"]]
+    if doc["granularity"] != "module":
+        return {"rows": list(doc["groups"]), "cols": names, "values": doc["alpha"]}
+    grids = [grid({m: row[i] for m, row in zip(doc["groups"], doc["alpha"])}) for i in range(len(names))]
+    cols = [f"{name} {col}" for name, g in zip(names, grids) for col in g["cols"]]
+    values = [[v for g in grids for v in g["values"][r]] for r in range(len(grids[0]["rows"]))]
+    keep = [j for j in range(len(cols)) if any(row[j] is not None for row in values)]  # kinds an adapter has
+    return {"rows": grids[0]["rows"], "cols": [cols[j] for j in keep], "values": [[row[j] for j in keep] for row in values]}
+
+
 def compare_report(a: Adapter, b: Adapter, density: float, on_module: Callable = lambda *_: None) -> dict:
     """Per module and per layer: cosine similarity of the deltas and TIES's sign-conflict rate."""
     shared = sorted(set(a.modules) & set(b.modules))

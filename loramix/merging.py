@@ -37,6 +37,7 @@ class MergeRequest:
     into_base: Optional[str] = None
     seed: int = 0
     force: bool = False
+    cat_weights: Optional[Path] = None  # fit-cat's α table: one weight per adapter per module
 
 
 def get_method(name: str):
@@ -49,6 +50,8 @@ def get_method(name: str):
 
 def check_request(req: MergeRequest, method) -> None:
     """Refuse options the method does not read and values outside their range (exit 2)."""
+    if req.cat_weights is not None:
+        _check_cat_weights(req, method)
     if not req.adapters:
         raise InputError("no adapters given", hint="loramix merge ADAPTER [ADAPTER...] -m METHOD -o OUT")
     if req.weights is not None and len(req.weights) != len(req.adapters):
@@ -66,7 +69,24 @@ def check_request(req: MergeRequest, method) -> None:
     if req.into_base is not None and (req.rank is not None or req.profile != "peft"):
         raise InputError("--into-base writes full weights; --rank and --profile do not apply")
     inputs = tuple(req.adapters) + ((Path(req.into_base),) if req.into_base and Path(req.into_base).exists() else ())
+    if req.cat_weights is not None:
+        from loramix.cat_weights import table_path
+
+        inputs += (table_path(req.cat_weights),)
     check_out(req.out, req.force, inputs)
+
+
+def _check_cat_weights(req: MergeRequest, method) -> None:
+    """--cat-weights: only with -m cat, not with --weights; no adapters given means the table's."""
+    from loramix import cat_weights
+
+    if method.name != "cat":
+        raise InputError(f"--cat-weights applies to -m cat, not -m {method.name}")
+    if req.weights is not None:
+        raise InputError("--weights and --cat-weights both set the weights; give one")
+    doc = cat_weights.read(req.cat_weights)
+    if not req.adapters:
+        req.adapters = cat_weights.recorded_paths(doc, req.cat_weights)
 
 
 def load_adapters(paths: list[Path]) -> list[Adapter]:
@@ -85,12 +105,16 @@ def run_merge(req: MergeRequest, progress: Callable = no_progress) -> dict:
     method = get_method(req.method)
     check_request(req, method)
     adapters = load_adapters(req.adapters)
+    module_weights = None
+    if req.cat_weights is not None:
+        module_weights = _table_weights(req.cat_weights, adapters)
     opts = MergeOptions(
         weights=req.weights or [1.0] * len(adapters),
         density=req.density,
         majority_sign=req.majority_sign or "total",
         rank=req.rank,
         seed=req.seed,
+        module_weights=module_weights,
     )
     modules = len(module_names(adapters))
     start = time.perf_counter()
@@ -105,6 +129,14 @@ def run_merge(req: MergeRequest, progress: Callable = no_progress) -> dict:
         report["modules"] = modules
         (tmp / PROVENANCE_NAME).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _table_weights(file: Path, adapters: list[Adapter]) -> dict[str, list[float]]:
+    from loramix import cat_weights
+
+    doc = cat_weights.read(file)
+    cat_weights.check_adapters(doc, adapters, file)
+    return cat_weights.module_weights(doc, adapters, file)
 
 
 def _write_adapter(method, adapters, opts, profile, folder: Path, on_module) -> dict:
@@ -139,7 +171,8 @@ def _report(req: MergeRequest, method, adapters: list[Adapter], opts, body: dict
         "profile": None if req.into_base else req.profile,
         "into_base": req.into_base,
         "adapters": [{"path": str(a.path), "base": a.base, "sha256": a.sha256()} for a in adapters],
-        "weights": opts.weights,
+        "weights": None if req.cat_weights else opts.weights,
+        "cat_weights": str(req.cat_weights) if req.cat_weights else None,
         "density": method.density(opts.density),
         "majority_sign": opts.majority_sign if "majority_sign" in method.options else None,
         "seed": opts.seed,

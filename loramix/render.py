@@ -210,7 +210,8 @@ def merge_summary(report: dict) -> Table:
     rows = [
         ("method", f"{report['method']} ({'exact' if report['exact'] else report['kind']})"),
         ("adapters", ", ".join(a["path"] for a in report["adapters"])),
-        ("weights", ", ".join(fmt_num(w) for w in report["weights"])),
+        ("weights", f"α table {report['cat_weights']}" if report.get("cat_weights")
+         else ", ".join(fmt_num(w) for w in report["weights"])),
     ]
     if report["density"] is not None:
         rows.append(("density", fmt_num(report["density"])))
@@ -308,19 +309,23 @@ def skills_table(rows: list[dict]) -> Table:
 
 
 def cat_view(doc: dict, out: str, color: bool) -> list:
-    """fit-cat's result: a summary and the α heatmap (groups down, adapters across)."""
+    """A fit-cat result: a summary and the α heatmap (layers down, adapters across)."""
+    from loramix.inspection import cat_heatmap
+
     val = "-" if doc["best_val_loss"] is None else f"{fmt_num(doc['best_val_loss'], 4)} (α of step {doc['chosen_step']})"
+    error = doc["svd_error"]["max"]
+    written = f"rank {fmt_span(doc['rank'])}" + (f", SVD error max {fmt_num(error)}" if error else ", exact")
     rows = [
         ("adapter", out), ("base", doc["base"]),
-        ("skills", ", ".join(a["name"] for a in doc["adapters"])),
+        ("skills", ", ".join(f"{a['name']} ({a['path']})" for a in doc["adapters"])),
         ("data", ", ".join(f"{d['data']} ({d['used']} of {d['rows']})" for d in doc["data"])),
         ("α", f"{doc['granularity']}, {doc['param']}" + (f", init {doc['init']}" if doc["param"] == "free" else "")
               + f", lr {doc['lr']}"),
         ("steps", f"{doc['steps']} of {doc['planned_steps']}" + (" (interrupted)" if doc["interrupted"] else "")),
         ("validation loss", val),
+        ("written", written),
         ("time", f"{fmt_seconds(doc['seconds'])}, {doc['tokens']:,} tokens"),
     ]
-    names = [a["name"] for a in doc["adapters"]]
-    title = {"layer": "α per layer", "module": "α per module", "global": "α"}[doc["granularity"]]
-    grid = heatmap(title, doc["groups"], names, doc["alpha"], color=color)
-    return [key_value_table("fitted", rows), "", grid]
+    g = cat_heatmap(doc)
+    title = {"layer": "α per layer", "module": "α per layer and module", "global": "α"}[doc["granularity"]]
+    return [key_value_table("fitted", rows), "", heatmap(title, g["rows"], _short(g["cols"]), g["values"], color=color)]

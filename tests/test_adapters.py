@@ -203,6 +203,27 @@ def test_lora_config_bakes_scale_one(adapters):
         assert pattern_value(cfg["alpha_pattern"], name, cfg["lora_alpha"]) == r, name
 
 
+def test_target_modules_are_full_names_when_kinds_cover_different_layers(base_dir, tmp_path):
+    from peft import PeftModel
+
+    from tests.helpers import peft_logits
+
+    names = [f"model.layers.{i}.self_attn.{k}" for i in (0, 1) for k in ("q_proj", "v_proj")]
+    assert lora_config({}, ranks={n: 2 for n in names}, base="b")["target_modules"] == ["q_proj", "v_proj"]
+    partial = names[:2] + ["model.layers.1.self_attn.q_proj"]  # v_proj in layer 0 only
+    cfg = lora_config({}, ranks={n: 2 for n in partial}, base=str(base_dir))
+    assert cfg["target_modules"] == sorted(partial)
+    factors = {n: (torch.randn(2, 32), torch.randn(32 if "q_proj" in n else 16, 2)) for n in partial}
+    (tmp_path / "p").mkdir()
+    write_adapter(tmp_path / "p", cfg, factors)
+    from transformers import AutoModelForCausalLM
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "p")
+    wrapped = {n.removeprefix("base_model.model.") for n, m in loaded.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == set(partial)
+    assert torch.isfinite(peft_logits(base_dir, tmp_path / "p")).all()
+
+
 def test_lora_config_uniform_ranks_have_no_patterns():
     cfg = lora_config({}, ranks={n: 4 for n in ALL_MODULES}, base="b")
     assert cfg["r"] == cfg["lora_alpha"] == 4

@@ -24,6 +24,7 @@ def fit_cat(
     max_length: int = typer.Option(256, "--max-length", help="Tokens kept per row."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the mixed rows held out; the α with the best validation loss is kept."),
     profile: str = typer.Option("peft", "--profile", help="peft, or portable (uniform rank, alpha == r, for vLLM and llama.cpp)."),
+    rank: Optional[int] = typer.Option(None, "--rank", "-r", help="Truncate the written adapter to this rank by SVD [default: Σr, exact]."),
     base: Optional[str] = typer.Option(None, "--base", "-b", help="Base model [default: the one the adapters record]."),
     load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="Load the base in 4 bits (nf4, bitsandbytes; CPU or GPU)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
@@ -48,7 +49,7 @@ def fit_cat(
     config = CatConfig(
         adapters=list(adapters), data=list(data), out=out, base=base, fraction=fraction, granularity=granularity,
         param=param, init=init, lr=lr, epochs=epochs, max_steps=steps, batch_size=batch_size, grad_accum=grad_accum,
-        max_length=max_length, val_fraction=val_fraction, profile=profile, load_in_4bit=load_in_4bit, dtype=dtype,
+        max_length=max_length, val_fraction=val_fraction, profile=profile, rank=rank, load_in_4bit=load_in_4bit, dtype=dtype,
         device=device, threads=threads, seed=seed, force=force,
     )
     doc = run_fit(config, lambda total: render.training_progress("fit-cat", total))

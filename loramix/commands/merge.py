@@ -20,6 +20,7 @@ def merge(
     majority_sign: Optional[str] = typer.Option(None, "--majority-sign", help="TIES sign election: total or frequency [default: total]."),
     rank: Optional[int] = typer.Option(None, "--rank", "-r", help="Rank of the written adapter [default: sum of input ranks; svd: the largest]."),
     profile: str = typer.Option("peft", "--profile", help="peft (ranks per module) or portable (uniform rank, alpha == r, for vLLM and llama.cpp)."),
+    cat_weights: Optional[Path] = typer.Option(None, "--cat-weights", help="fit-cat's α table (its output folder or cat_weights.json): rebuild the adapter with -m cat [adapters default to the table's]."),
     into_base: Optional[str] = typer.Option(None, "--into-base", help="Write a full merged model on this base instead of an adapter."),
     list_methods: bool = typer.Option(False, "--list-methods", help="List the merge methods and exit."),
     seed: int = typer.Option(0, "--seed", help="Seed for DARE's random drops and the randomized SVD."),
@@ -32,6 +33,9 @@ def merge(
     magnitude_prune give full-rank deltas that are factored back to --rank by truncated SVD, with
     the relative error of each module reported.
 
+    --cat-weights rebuilds a fit-cat result from its α table (one weight per adapter per layer or
+    module), e.g. at another --rank or --profile, or after editing the table.
+
     Example: loramix merge math/ code/ -m ties --density 0.2 --weights 1,1 -o merged/
     """
     from loramix import render
@@ -39,6 +43,8 @@ def merge(
     if list_methods:
         _list_methods(json_out)
         return
+    if method is None and cat_weights is not None:
+        method = "cat"
     if method is None or out is None:
         raise InputError("merge needs --method and --out", hint="loramix merge A/ B/ -m linear -o merged/")
     from loramix.merging import MergeRequest, run_merge
@@ -46,7 +52,7 @@ def merge(
     req = MergeRequest(
         adapters=list(adapters or []), method=method, out=out, weights=_parse_weights(weights),
         density=density, majority_sign=majority_sign, rank=rank, profile=_check_profile(profile),
-        into_base=into_base, seed=seed, force=force,
+        into_base=into_base, seed=seed, force=force, cat_weights=cat_weights,
     )
     report = run_merge(req, progress=render.progress)
     for message in report["warnings"]:

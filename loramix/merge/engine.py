@@ -25,6 +25,10 @@ class MergeOptions:
     majority_sign: str = "total"
     rank: Optional[int] = None
     seed: int = 0
+    module_weights: Optional[dict[str, list[float]]] = None  # per module, overriding `weights` (--cat-weights)
+
+    def weights_for(self, name: str) -> list[float]:
+        return self.module_weights[name] if self.module_weights is not None else self.weights
 
 
 @dataclass
@@ -62,7 +66,7 @@ def merge_modules(method: MergeMethod, adapters: list[Adapter], opts: MergeOptio
 
 def merge_module(method: MergeMethod, adapters: list[Adapter], opts: MergeOptions, name: str) -> ModuleMerge:
     """The merged delta of one module (an adapter that lacks the module adds nothing to it)."""
-    present = [(a.modules[name], w) for a, w in zip(adapters, opts.weights) if name in a.modules]
+    present = [(a.modules[name], w) for a, w in zip(adapters, opts.weights_for(name)) if name in a.modules]
     mods = [m for m, _ in present]
     weights = torch.tensor([w for _, w in present], dtype=torch.float32)
     ranks = [m.rank for m in mods]

@@ -91,7 +91,21 @@ def test_four_bit_base_fits_on_the_cpu(skills, tmp_path):
                   "--load-in-4bit", "--lr", "0.05")
     alpha = _alpha(result)
     assert alpha.shape == (8, 2) and not torch.allclose(alpha, torch.ones(8, 2))
-    assert (tmp_path / "q" / "adapter_model.safetensors").is_file()
+    from peft import PeftModel
+
+    def four_bit():  # kept in train mode with dropout off: an eval-mode 4-bit forward may repack (DESIGN §7)
+        return models.load_model(models.bundled_path(), torch.float32, "cpu", load_in_4bit=True).train()
+
+    ids = torch.randint(3, 900, (2, 16), generator=torch.Generator().manual_seed(0))
+    reloaded = PeftModel.from_pretrained(four_bit(), tmp_path / "q").train()
+    for m in reloaded.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+    fitted = four_bit()
+    a, _, _ = cat.wrap(fitted, [read_adapter(skills[k]) for k in ("math", "noise")], "layer", "free")
+    with torch.no_grad():
+        a.raw.copy_(alpha)
+        assert torch.allclose(fitted(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-3)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -99,6 +113,9 @@ def test_four_bit_base_fits_on_the_cpu(skills, tmp_path):
     (["--fraction", "1.5"], "--fraction 1.5: must be in (0, 1]"),
     (["--granularity", "block"], "--granularity block: unknown"),
     (["--param", "sigmoid"], "--param sigmoid: unknown"),
+    (["--rank", "0"], "--rank 0: must be at least 1"),
+    (["--init", "nan"], "--init nan: must be a finite number"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
 ])
 def test_bad_options(skills, tmp_path, extra, message):
     result = _fit(tmp_path / "o", skills["math"], skills["noise"], "--data", "builtin:math", *extra)
@@ -145,6 +162,7 @@ def test_the_best_validation_alpha_is_the_one_written(skills, tmp_path, monkeypa
     doc = json.loads(result.stdout)
     second = sorted(seen)[1]
     assert doc["chosen_step"] == second and doc["best_val_loss"] == 1.0
+    assert [v["loss"] for v in doc["val_loss"]][:4] == [5.0, 4.0, 1.0, 3.0] and doc["val_loss"][0]["step"] == 0
     assert torch.allclose(alpha, seen[second], atol=1e-6) and not torch.allclose(alpha, seen[max(seen)])
     written = load_file(str(tmp_path / "soup" / "cat_weights.safetensors"))
     assert torch.allclose(written["raw"], seen[second]) and fit_cat.TENSOR_NAME == "cat_weights.safetensors"

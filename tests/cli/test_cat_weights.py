@@ -1,0 +1,147 @@
+"""fit-cat's α table used again: `merge -m cat --cat-weights`, fit-cat `--rank`, `inspect` on a result."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from loramix import models
+from loramix.adapters import read_adapter
+from loramix.cli import app
+from tests.helpers import make_adapter
+
+runner = CliRunner(env={"COLUMNS": "1000"})
+FIT = ["--data", "builtin:math", "--fraction", "0.01", "--batch-size", "8", "--val-fraction", "0", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def soups(tmp_path_factory):
+    """Two random adapters on loramix-tiny (different ranks and targets, one with a rank_pattern) and
+    three fit-cat results on them: layer/free, layer/softmax (a layer where b lacks modules shares
+    α among the adapters each module has) and module/softmax."""
+    root = tmp_path_factory.mktemp("cat-weights")
+    base = models.bundled_path()
+    a = make_adapter(base, root / "a", r=4, alpha=8, seed=1, scale_b=0.1)
+    b = make_adapter(base, root / "b", r=2, alpha=4, seed=2, scale_b=0.1, targets=["q_proj", "v_proj"],
+                     rank_pattern={"v_proj": 6}, alpha_pattern={"v_proj": 3})
+    for folder in (a, b):
+        config = json.loads((folder / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "loramix-tiny"
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+    out = {"a": a, "b": b, "root": root}
+    for name, extra in (("layer", ["--lr", "0.2"]), ("softmax", ["--param", "softmax", "--lr", "1"]),
+                        ("module", ["--granularity", "module", "--param", "softmax", "--lr", "1"])):
+        result = runner.invoke(app, ["fit-cat", str(a), str(b), *FIT, "--steps", "3", *extra, "-o", str(root / name)])
+        assert result.exit_code == 0, result.stderr
+        out[name] = root / name
+    return out
+
+
+def _deltas(folder):
+    return {n: m.scale * m.B.float() @ m.A.float() for n, m in read_adapter(folder).modules.items()}
+
+
+def _merge(*args):
+    return runner.invoke(app, ["merge", *map(str, args), "--json"])
+
+
+@pytest.mark.parametrize("soup", ["layer", "softmax", "module"])
+def test_the_table_rebuilds_fit_cats_adapter(soups, tmp_path, soup):
+    doc = json.loads((soups[soup] / "cat_weights.json").read_text())
+    moved = [v for row in doc["alpha"] for v in row if v is not None]
+    assert max(abs(v - moved[0]) for v in moved) > 1e-3  # α was learned, not left at its start
+    result = _merge("-m", "cat", "--cat-weights", soups[soup], "-o", tmp_path / "rebuilt")  # adapters: the table's
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["exact"] and report["cat_weights"] == str(soups[soup]) and report["weights"] is None
+    fitted, rebuilt = _deltas(soups[soup]), _deltas(tmp_path / "rebuilt")
+    assert fitted.keys() == rebuilt.keys() and len(fitted) == 56
+    for name in fitted:
+        assert torch.allclose(rebuilt[name], fitted[name], rtol=1e-5, atol=1e-7), name
+
+
+def test_an_edited_table_is_what_gets_merged(soups, tmp_path):
+    doc = json.loads((soups["layer"] / "cat_weights.json").read_text())
+    doc["alpha"] = [[2.0, 0.0] for _ in doc["groups"]]
+    doc["alpha"][3] = [0.5, -1.0]
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    result = _merge(soups["a"], soups["b"], "--cat-weights", edited, "-o", tmp_path / "out")  # -m cat implied
+    assert result.exit_code == 0, result.stderr
+    a, b, merged = _deltas(soups["a"]), _deltas(soups["b"]), _deltas(tmp_path / "out")
+    for name, delta in merged.items():
+        wa, wb = (0.5, -1.0) if ".layers.3." in name else (2.0, 0.0)
+        expected = wa * a[name] + (wb * b[name] if name in b else 0)
+        assert torch.allclose(delta, expected, rtol=1e-5, atol=1e-7), name
+
+
+def test_rank_truncates_the_same_way_in_fit_cat_and_merge(soups, tmp_path):
+    a, b = soups["a"], soups["b"]
+    fitted = runner.invoke(app, ["fit-cat", str(a), str(b), *FIT, "--steps", "3", "--lr", "0.2", "--rank", "3",
+                                 "-o", str(tmp_path / "fit3"), "--json"])
+    assert fitted.exit_code == 0, fitted.stderr
+    doc = json.loads(fitted.stdout)
+    assert doc["rank"] == {"min": 3, "max": 3} and 0 < doc["svd_error"]["mean"] <= doc["svd_error"]["max"] < 1
+    config = json.loads((tmp_path / "fit3" / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 3 and not config["rank_pattern"]
+    merged = _merge("--cat-weights", soups["layer"], "--rank", "3", "-o", tmp_path / "merge3")
+    assert merged.exit_code == 0, merged.stderr
+    assert json.loads(merged.stdout)["error"]["max"] == pytest.approx(doc["svd_error"]["max"], rel=1e-4)
+    one, other = _deltas(tmp_path / "fit3"), _deltas(tmp_path / "merge3")
+    for name in one:
+        assert torch.allclose(one[name], other[name], rtol=1e-4, atol=1e-6), name
+
+
+def _bad_table(soups, tmp_path, edit):
+    doc = json.loads((soups["layer"] / "cat_weights.json").read_text())
+    edit(doc)
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda s, t: [s["b"], s["a"], "--cat-weights", s["layer"]], "is the table's adapter 2, given as 1"),
+    (lambda s, t: [s["a"], s["layer"], "--cat-weights", s["layer"]], "is not an adapter cat_weights.json was fitted with"),
+    (lambda s, t: [s["a"], "--cat-weights", s["layer"]], "was fitted with 2 adapters, got 1"),
+    (lambda s, t: ["-m", "ties", "--cat-weights", s["layer"]], "--cat-weights applies to -m cat, not -m ties"),
+    (lambda s, t: ["--weights", "1,1", "--cat-weights", s["layer"]], "--weights and --cat-weights both set the weights"),
+    (lambda s, t: ["--cat-weights", t / "missing.json"], "missing.json: no such file"),
+    (lambda s, t: ["--cat-weights", s["a"] / "adapter_config.json"], "adapter_config.json: not a fit-cat α table"),
+    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["alpha"][0].__setitem__(1, "x"))], "group 0: 'x' is not a finite number"),
+    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["alpha"].pop())], "alpha has 7 rows for 8 groups"),
+    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["adapters"][1].__setitem__("path", str(t / "gone")))],
+     "its adapter " + "{t}/gone is gone"),
+])
+def test_bad_tables_and_adapters_are_refused(soups, tmp_path, args, message):
+    result = _merge(*args(soups, tmp_path), "-o", tmp_path / "out")
+    assert result.exit_code == 2, result.stdout
+    assert message.format(t=tmp_path) in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_draws_the_alpha_heatmap(soups):
+    result = runner.invoke(app, ["inspect", str(soups["layer"])])
+    assert result.exit_code == 0, result.stderr
+    assert "α per layer" in result.stdout and "scale" in result.stdout and str(soups["a"]) in result.stdout
+    doc = json.loads((soups["layer"] / "cat_weights.json").read_text())
+    report = json.loads(runner.invoke(app, ["inspect", str(soups["layer"] / "cat_weights.json"), "--json"]).stdout)
+    assert report["heatmap"] == {"rows": [str(i) for i in range(8)], "cols": ["a", "b"], "values": doc["alpha"]}
+
+
+def test_inspect_lays_module_alpha_out_as_layers_by_adapter_and_module(soups):
+    report = json.loads(runner.invoke(app, ["inspect", str(soups["module"]), "--json"]).stdout)
+    grid = report["heatmap"]
+    kinds = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert grid["cols"] == [f"a {k}" for k in kinds] + ["b q_proj", "b v_proj"] and len(grid["rows"]) == 8
+    doc = json.loads((soups["module"] / "cat_weights.json").read_text())
+    alpha = dict(zip(doc["groups"], doc["alpha"]))
+    assert grid["values"][5][2] == alpha["model.layers.5.self_attn.v_proj"][0]
+    assert grid["values"][5][8] == alpha["model.layers.5.self_attn.v_proj"][1]
+    assert grid["values"][5][7] == alpha["model.layers.5.self_attn.q_proj"][1]
+    text = runner.invoke(app, ["inspect", str(soups["module"])]).stdout
+    assert "α per layer and module" in text and "b v" in text
