@@ -42,7 +42,7 @@ def train_all(skills: list[str], folder: Path, threads: int | None, seed: int) -
 def score_all(skills: list[str], folder: Path, eval_limit: int) -> dict:
     from peft import PeftModel
 
-    from loramix import data, evaluate, models
+    from loramix import data, generation, metrics, models
 
     path = models.resolve_base(models.BUNDLED)
     tokenizer = models.load_tokenizer(path)
@@ -53,8 +53,10 @@ def score_all(skills: list[str], folder: Path, eval_limit: int) -> dict:
     def score(model) -> dict:
         out = {}
         for task, rows in sets.items():
-            predictions = evaluate.generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=24, batch_size=64)
-            out[task] = round(evaluate.exact_match(predictions, [r["completion"] for r in rows]), 4)
+            prompts = generation.prompt_ids(rows, tokenizer)
+            outputs = generation.generate(model, tokenizer, prompts, max_new_tokens=24, batch_size=64, stops=("\n",))
+            hits = sum(metrics.exact(o.text, r["completion"]) for o, r in zip(outputs, rows))
+            out[task] = round(hits / len(rows), 4)
         return out
 
     scores = {"base": score(base)}

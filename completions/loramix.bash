@@ -9,7 +9,7 @@ _loramix_root() {
     if [[ "$cur" == -* ]]; then
         _loramix_reply -W '--version --debug --help -h'
     else
-        _loramix_reply -W 'data demo fit-cat inspect merge train-skill'
+        _loramix_reply -W 'data demo eval fit-cat inspect merge train-skill'
     fi
 }
 
@@ -29,6 +29,31 @@ _loramix_cmd_demo() {
     esac
     if [[ "$cur" == -* ]]; then
         _loramix_reply -W '--out -o --quick --help -h'
+    fi
+}
+
+_loramix_cmd_eval() {
+    case "$prev" in
+        --data|-d) return ;;
+        --adapter|-a) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --base|-b) return ;;
+        --metric|-m) return ;;
+        --max-new-tokens) return ;;
+        --batch-size) return ;;
+        --limit) return ;;
+        --stop) return ;;
+        --few-shot) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --tolerance) return ;;
+        --timeout) return ;;
+        --max-length) return ;;
+        --predictions) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --dtype) return ;;
+        --device) return ;;
+        --threads) return ;;
+        --seed) return ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        _loramix_reply -W '--data -d --adapter -a --base -b --with-base --no-base --metric -m --max-new-tokens --batch-size --limit --stop --few-shot --chat-template --tolerance --timeout --max-length --predictions --load-in-4bit --dtype --device --threads --seed --force -f --json --help -h'
     fi
 }
 
@@ -136,6 +161,7 @@ _loramix() {
         "") _loramix_root ;;
         data) _loramix_cmd_data ;;
         demo) _loramix_cmd_demo ;;
+        eval) _loramix_cmd_eval ;;
         fit-cat) _loramix_cmd_fit_cat ;;
         inspect) _loramix_cmd_inspect ;;
         merge) _loramix_cmd_merge ;;

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from loramix import __version__
-from loramix.commands import data, demo, fit_cat, inspect, merge, train_skill
+from loramix.commands import data, demo, eval as eval_command, fit_cat, inspect, merge, train_skill
 from loramix.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, LoramixError
 
 
@@ -31,6 +31,12 @@ class LoramixGroup(TyperGroup):
         except KeyboardInterrupt:
             render.error("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `loramix ... | head`: the reader left; nothing to tell anyone
+            import os
+            import sys
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise typer.Exit(EXIT_RUNTIME)
         except OSError as e:
             _debug_traceback(ctx)
             where = f"{e.filename}: " if e.filename else ""
@@ -65,6 +71,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -90,6 +97,7 @@ def root(
 app.command("train-skill", no_args_is_help=True)(train_skill.train_skill)
 app.command("fit-cat", no_args_is_help=True)(fit_cat.fit_cat)
 app.command("merge", no_args_is_help=True)(merge.merge)
+app.command("eval", no_args_is_help=True)(eval_command.eval_models)
 app.command("inspect", no_args_is_help=True)(inspect.inspect)
 app.command("data")(data.data)
 app.command("demo")(demo.demo)

@@ -211,19 +211,10 @@ def jsonl_lines(rows: list[dict]):
 
 def dump(dataset: Dataset, path: Path, force: bool = False) -> int:
     """Write the rows as JSONL to `path` (via a temporary file renamed into place)."""
-    import os
+    from loramix.outputs import check_file, write_text_atomic
 
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; --dump names a file")
-    if path.exists() and not force:
-        raise InputError(f"{path}: already exists", hint="pass --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text("".join(line + "\n" for line in jsonl_lines(dataset.rows)), encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    check_file(path, force, "--dump")
+    write_text_atomic(path, "".join(line + "\n" for line in jsonl_lines(dataset.rows)))
     return len(dataset.rows)
 
 

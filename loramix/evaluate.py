@@ -1,42 +1,194 @@
-"""Scoring models on data: batched greedy generation and exact-match scoring."""
+"""The `eval` job: one data set, the base and any number of adapters scored on the same items.
+
+The base is loaded once; adapters are loaded into it as named PEFT adapters and switched in place
+(the base row runs with every adapter disabled). Each model: batched greedy generation (or
+teacher-forced loss), a score per item, the mean with its 95% interval, tokens per second.
+"""
 
 from __future__ import annotations
 
-import re
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loramix import generation, metrics
+from loramix.errors import InputError
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32,
-             stop: str | None = "\n") -> list[str]:
-    """Greedy completions of `prompts`, batched with left padding and the KV cache; each is cut at
-    the first `stop` string (the end-of-sequence token always stops)."""
+@dataclass
+class EvalConfig:
+    data: str
+    adapters: list[Path] = field(default_factory=list)
+    base: str | None = None  # default: the base the adapters record, else the bundled model
+    with_base: bool = True
+    metric: str = "exact"
+    max_new_tokens: int = 64
+    batch_size: int = 32
+    limit: int | None = None
+    stops: list[str] | None = None  # default: a newline when no reference completion spans lines
+    few_shot: Path | None = None
+    chat_template: bool = False
+    tolerance: float = 1e-4
+    timeout: float = 5.0  # per program (metric program)
+    max_length: int = 1024  # tokens per row (metric loss)
+    predictions: Path | None = None
+    load_in_4bit: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    force: bool = False
+
+
+def check_options(c: EvalConfig) -> None:
+    from loramix.outputs import check_file
+
+    if c.metric not in metrics.METRICS:
+        raise InputError(f"--metric {c.metric}: unknown", hint=f"choose one of {', '.join(metrics.METRICS)}")
+    if not c.adapters and not c.with_base:
+        raise InputError("nothing to score: --no-base and no --adapter")
+    for name, value in (("--batch-size", c.batch_size), ("--max-new-tokens", c.max_new_tokens),
+                        ("--limit", c.limit), ("--max-length", c.max_length)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} {value}: must be at least 1")
+    if not (c.tolerance >= 0 and math.isfinite(c.tolerance)):
+        raise InputError(f"--tolerance {c.tolerance}: must be a finite number >= 0")
+    if not (c.timeout > 0 and math.isfinite(c.timeout)):
+        raise InputError(f"--timeout {c.timeout}: must be a positive number of seconds")
+    if len({Path(p).resolve() for p in c.adapters}) < len(c.adapters):
+        raise InputError("the same adapter is given twice")
+    if c.predictions is not None:
+        check_file(c.predictions, c.force, "--predictions")
+
+
+def source_of(data: str) -> str:
+    """Built-in data without a split is scored on its eval split."""
+    if data.startswith("builtin:") and data.count(":") == 1:
+        return data + ":eval"
+    return data
+
+
+def load_rows(c: EvalConfig):
+    """The data set, each row checked for what the metric needs (file and row named if not)."""
+    from loramix import data
+
+    dataset = data.load(source_of(c.data), c.limit)
+    for i, row in enumerate(dataset.rows, 1):
+        where = f"{dataset.source}: row {i}"
+        if c.metric != "loss" and "text" in row:
+            raise InputError(f"{where}: has only \"text\"; --metric {c.metric} needs prompts",
+                             hint="use --metric loss, or {\"prompt\", \"completion\"} rows")
+        if c.metric != "loss" and "messages" in row and row["messages"][-1]["role"] != "assistant":
+            raise InputError(f"{where}: its messages do not end with the assistant turn to compare with")
+        if c.metric == "numeric" and "answer" not in row and metrics.last_number(reference(row)) is None:
+            raise InputError(f"{where}: has no \"answer\" and no number in its completion")
+    return dataset
+
+
+def reference(row: dict) -> str:
+    """The reference completion: "completion", or the final assistant message."""
+    return row["completion"] if "completion" in row else row.get("messages", [{}])[-1].get("content", "")
+
+
+def default_stops(c: EvalConfig, rows: list[dict]) -> list[str]:
+    if c.stops is not None:
+        return [s for s in c.stops if s]
+    return [] if any("\n" in reference(r).strip() for r in rows if "text" not in r) else ["\n"]
+
+
+def few_shot_prefix(path: Path | None) -> str:
+    """--few-shot: a text file used as is, or a JSONL file of prompt/completion rows, one per block."""
+    from loramix import data
+
+    if path is None:
+        return ""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file", hint="--few-shot takes a text or JSONL file")
+    if path.suffix != ".jsonl":
+        return path.read_text(encoding="utf-8")
+    rows = data.load(str(path)).rows
+    if any("prompt" not in r for r in rows):
+        raise InputError(f"{path}: few-shot rows need \"prompt\" and \"completion\"")
+    return "".join(r["prompt"] + r["completion"] + "\n\n" for r in rows)
+
+
+def expected_values(c: EvalConfig, rows: list[dict], run_programs, source: str) -> list:
+    """What each item is compared with: the reference text (exact), the answer (numeric,
+    program), or for program rows without one, what the reference program prints."""
+    if c.metric == "exact":
+        return [reference(r) for r in rows]
+    if c.metric == "numeric":
+        return [r["answer"] if "answer" in r else metrics.last_number(reference(r)) for r in rows]
+    expected = [r.get("answer") for r in rows]
+    missing = [i for i, r in enumerate(rows) if "answer" not in r]
+    for i, result in zip(missing, run_programs([metrics.program_text(reference(rows[i])) for i in missing])):
+        if not result.ok:
+            raise InputError(f"{source}: row {i + 1}: has no \"answer\" and its reference program fails ({result.error})")
+        expected[i] = result.output.strip()
+    return expected
+
+
+def write_predictions(path: Path, records: list[dict]) -> None:
+    from loramix.outputs import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def model_names(adapters: list[Path]) -> list[str]:
+    """Row names: the folder's name, made unique with its parent's where two share one."""
+    names = [Path(p).resolve().name for p in adapters]
+    return [f"{Path(p).resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(adapters, names)]
+
+
+def run_eval(c: EvalConfig, progress) -> dict:
+    """Check, load, score every model, write --predictions; returns the report `--json` prints.
+    `progress(description, total)` is a context manager yielding a function called with items done."""
+    from loramix import data, render, scoring
+
+    check_options(c)
+    dataset = load_rows(c)
+    rows = dataset.rows
+
+    def run_programs(codes):
+        from loramix import sandbox
+
+        return sandbox.run_programs(codes, sandbox.Limits(timeout=c.timeout, cpu_seconds=math.ceil(c.timeout)))
+
+    expected = None if c.metric == "loss" else expected_values(c, rows, run_programs, dataset.source)
+    prefix, stops = few_shot_prefix(c.few_shot), default_stops(c, rows)
+    ms = scoring.load_models(c, model_names(c.adapters))
     import torch
 
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    device = next(model.parameters()).device
-    outputs: list[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i: i + batch_size], return_tensors="pt", padding=True)  # as in training
-            with torch.no_grad():
-                ids = model.generate(**{k: v.to(device) for k, v in enc.items()}, max_new_tokens=max_new_tokens,
-                                     do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=tokenizer.eos_token_id)
-            for row in ids[:, enc["input_ids"].shape[1]:]:
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                outputs.append(text.split(stop)[0] if stop else text)
-    finally:
-        tokenizer.padding_side = side
-    return outputs
+    torch.manual_seed(c.seed)  # greedy decoding is deterministic; this pins anything else
+    if c.metric == "loss":
+        examples = [data.tokenize(r, ms.tokenizer, c.max_length) for r in rows]
+    else:
+        prompts = generation.prompt_ids(rows, ms.tokenizer, prefix, c.chat_template)
+    results, records = [], []
+    for name, adapter in ms.entries():
+        with ms.active(adapter), progress(f"scoring {name}", len(rows)) as advance:
+            if c.metric == "loss":
+                row = scoring.score_loss(ms, examples, rows, c, advance)
+            else:
+                row = scoring.score_generation(ms, prompts, rows, expected, stops, c, run_programs, advance)
+        records += [dict(model=name, index=i, **item) for i, item in enumerate(row.pop("items"))]
+        results.append({"name": name, "adapter": None if adapter is None else str(Path(adapter).resolve()), **row})
+        render.stderr().print(f"eval: {name}: {c.metric} {render.fmt_num(row['score'], 4)}", highlight=False)
+    if c.predictions is not None:
+        write_predictions(c.predictions, records)
+    return report(c, dataset, ms, stops, prefix, results)
 
 
-def normalise(text: str) -> str:
-    """Collapse whitespace and trim: ' print(4 *  12)\\n' -> 'print(4 * 12)'."""
-    return re.sub(r"\s+", " ", text).strip()
+def report(c: EvalConfig, dataset, ms, stops: list[str], prefix: str, results: list[dict]) -> dict:
+    from loramix import __version__
 
-
-def exact_match(predictions: list[str], references: list[str]) -> float:
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    if not predictions:
-        return 0.0
-    return sum(normalise(p) == normalise(r) for p, r in zip(predictions, references)) / len(predictions)
+    return {
+        "loramix": __version__, "command": "eval", "data": dataset.source, "sha256": dataset.digest,
+        "items": len(dataset.rows), "metric": c.metric, **ms.record,
+        "settings": {"max_new_tokens": c.max_new_tokens, "batch_size": c.batch_size, "stop": stops,
+                     "few_shot": str(c.few_shot) if c.few_shot else None, "few_shot_chars": len(prefix),
+                     "chat_template": c.chat_template, "tolerance": c.tolerance, "timeout": c.timeout,
+                     "max_length": c.max_length, "limit": c.limit, "seed": c.seed},
+        "models": results,
+    }

@@ -109,6 +109,7 @@ def prepare(c: CatConfig):
     from loramix import models, render
     from loramix.adapters import check_compatible, read_adapter
     from loramix.outputs import check_out
+    from loramix.targets import check_adapter_shapes
 
     check_options(c)
     models.quiet_libraries()
@@ -128,7 +129,7 @@ def prepare(c: CatConfig):
     examples = mixed_examples(samples, tokenizer, c)
     rows_train, rows_val = train.split_rows(examples, c.val_fraction, c.seed)
     model = models.load_model(path, dtype, device, c.load_in_4bit)
-    _check_shapes(model, adapters)
+    check_adapter_shapes(model, adapters)
     torch.manual_seed(c.seed)
     alpha, labels, group = cat.wrap(model, adapters, c.granularity, c.param, c.init)
     model.train()  # 4-bit bases: an eval-mode forward may repack their weights (DESIGN §7)
@@ -139,20 +140,6 @@ def prepare(c: CatConfig):
               "dtype": str(dtype).replace("torch.", ""), "threads": threads}
     run = train.Run(c, model, tokenizer, rows_train, rows_val, device, steps, per_epoch, record)
     return run, {"adapters": adapters, "alpha": alpha, "labels": labels, "group": group, "base": record["base"]}
-
-
-def _check_shapes(model, adapters) -> None:
-    """Every adapter module must be a linear projection of the same (out, in) shape in the base."""
-    from loramix.targets import linear_modules
-
-    shapes = {name: (fan_out, fan_in) for name, (fan_in, fan_out) in linear_modules(model).items()}
-    for a in adapters:
-        for name, m in a.modules.items():
-            if name not in shapes:
-                raise InputError(f"{a.path}: targets {name}, which is not a linear module of the base model")
-            if shapes[name] != m.shape:
-                raise InputError(f"{a.path}: {name} is {m.shape[0]}x{m.shape[1]}, the base's is "
-                                 f"{shapes[name][0]}x{shapes[name][1]}")
 
 
 def run_fit(c: CatConfig, report_factory) -> dict:

@@ -87,3 +87,25 @@ def _replace(out: Path, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_file(path: Path, force: bool, option: str) -> None:
+    """An output file: refused if it is a folder, or exists without `force`."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; {option} names a file")
+    if path.exists() and not force:
+        raise InputError(f"{path}: already exists", hint="pass --force to replace it")
+    _refuse_file_above(path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path` and rename it into place."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -73,6 +73,22 @@ def progress(description: str, total: int) -> Iterator:
 
 
 @contextmanager
+def progress_items(description: str, total: int) -> Iterator:
+    """Like `progress`, for work done in chunks: yields a function called with the items finished."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = stderr()
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=True)
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
 def training_progress(description: str, total: int) -> Iterator:
     """Per-step progress on stderr: a Rich bar (step, loss, tokens/s, ETA) on a terminal, else a
     plain log line every ~5% of the steps and at every validation. Yields report(step, fields)."""
@@ -329,3 +345,25 @@ def cat_view(doc: dict, out: str, color: bool) -> list:
     g = cat_heatmap(doc)
     title = {"layer": "α per layer", "module": "α per layer and module", "global": "α"}[doc["granularity"]]
     return [key_value_table("fitted", rows), "", heatmap(title, g["rows"], _short(g["cols"]), g["values"], color=color)]
+
+
+def eval_table(doc: dict) -> Table:
+    """`eval`: one row per model, the metric with its 95% interval, items and tokens/s."""
+    from rich import box
+
+    loss = doc["metric"] == "loss"
+    table = Table(title=f"{doc['data']} ({doc['items']} items, metric {doc['metric']})", title_justify="left",
+                  box=box.SIMPLE_HEAD, caption=f"base {doc['base']}; 95% intervals ({'bootstrap' if loss else 'Wilson'})",
+                  caption_justify="left")
+    table.add_column("model", no_wrap=True)
+    for col in (["loss", "perplexity"] if loss else ["score"]) + ["95% interval", "items", "tok/s"]:
+        table.add_column(col, justify="right", no_wrap=True)
+    for m in doc["models"]:
+        lo, hi = m["ci"]
+        if loss:
+            cells = [f"{m['score']:.4f}", f"{m['perplexity']:.3f}", f"{lo:.4f}–{hi:.4f}"]
+        else:
+            cells = [f"{100 * m['score']:.1f}%", f"{100 * lo:.1f}–{100 * hi:.1f}%"]
+        rate = "-" if m["tokens_per_second"] is None else f"{m['tokens_per_second']:,.0f}"
+        table.add_row(m["name"], *cells, str(m["items_scored"]), rate)
+    return table

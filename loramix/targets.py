@@ -55,3 +55,15 @@ def resolve_targets(model, targets: list[str] | None, rank: int) -> list[str]:
 def _matches(name: str, target: str) -> bool:
     """PEFT's rule for a target_modules entry: the full name, or a suffix after a dot."""
     return name == target or name.endswith("." + target)
+
+
+def check_adapter_shapes(model, adapters) -> None:
+    """Every adapter module must be a linear projection of the same (out, in) shape in the base."""
+    shapes = {name: (fan_out, fan_in) for name, (fan_in, fan_out) in linear_modules(model).items()}
+    for a in adapters:
+        for name, m in a.modules.items():
+            if name not in shapes:
+                raise InputError(f"{a.path}: targets {name}, which is not a linear module of the base model")
+            if shapes[name] != m.shape:
+                raise InputError(f"{a.path}: {name} is {m.shape[0]}x{m.shape[1]}, the base's is "
+                                 f"{shapes[name][0]}x{shapes[name][1]}")
