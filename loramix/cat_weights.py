@@ -36,8 +36,20 @@ def read(path: Path) -> dict:
         raise InputError(f"{file}: not valid JSON ({e})")
     if not isinstance(doc, dict) or doc.get("command") != "fit-cat" or any(k not in doc for k in _KEYS):
         raise InputError(f"{file}: not a fit-cat α table", hint="loramix fit-cat writes one as cat_weights.json")
+    _check_adapters(doc, file)
     _check_alpha(doc, file)
     return doc
+
+
+def _check_adapters(doc: dict, file: Path) -> None:
+    entries = doc["adapters"]
+    if not isinstance(entries, list) or len(entries) < 2:
+        raise InputError(f"{file}: \"adapters\" must list the two or more adapters the table weights")
+    for i, a in enumerate(entries, 1):
+        if not isinstance(a, dict) or any(not isinstance(a.get(k), str) for k in ("name", "path", "sha256")):
+            raise InputError(f"{file}: adapter {i} needs \"name\", \"path\" and \"sha256\" strings")
+    if not isinstance(doc["groups"], list) or not all(isinstance(g, str) for g in doc["groups"]):
+        raise InputError(f"{file}: \"groups\" must be a list of group names")
 
 
 def _check_alpha(doc: dict, file: Path) -> None:
@@ -45,7 +57,8 @@ def _check_alpha(doc: dict, file: Path) -> None:
     if doc["granularity"] not in ("layer", "module", "global") or doc["param"] not in ("free", "softmax"):
         raise InputError(f"{file}: unknown granularity {doc['granularity']!r} or param {doc['param']!r}")
     if not isinstance(alpha, list) or len(alpha) != len(doc["groups"]):
-        raise InputError(f"{file}: alpha has {len(alpha)} rows for {len(doc['groups'])} groups")
+        rows = len(alpha) if isinstance(alpha, list) else "no list of"
+        raise InputError(f"{file}: alpha has {rows} rows for {len(doc['groups'])} groups")
     for label, row in zip(doc["groups"], alpha):
         if not isinstance(row, list) or len(row) != k:
             raise InputError(f"{file}: group {label}: needs {k} values, one per adapter")
@@ -103,8 +116,10 @@ def module_weights(doc: dict, adapters: list, file: Path) -> dict[str, list[floa
         if any(h and v is None for h, v in zip(has, row)):
             raise InputError(f"{table_path(file)}: group {label} has no α for an adapter with {name}")
         weights = [float(v) if h else 0.0 for h, v in zip(has, row)]
-        if doc["param"] == "softmax":
+        if doc["param"] == "softmax":  # shares: renormalised over the adapters this module has
             total = sum(weights)
+            if not total > 0:
+                raise InputError(f"{table_path(file)}: group {label}: softmax shares must be positive for {name}")
             weights = [w / total for w in weights]
         out[name] = weights
     return out

@@ -182,10 +182,8 @@ def warn_held_out(source: str) -> None:
         render.warning(f"{source} is held out for evaluation; a LoRA trained on it is an upper bound, not a skill")
 
 
-def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> list:
-    """Tokenized rows that keep at least one loss token within --max-length (a warning counts the rest)."""
-    from loramix import render
-
+def tokenize_rows(rows: list[dict], tokenizer, max_length: int, label: str) -> list:
+    """Every row tokenized; a row that cannot be is refused with its number."""
     examples = []
     for number, row in enumerate(rows, 1):
         try:
@@ -194,7 +192,20 @@ def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> li
             raise InputError(f"{label}: row {number}: {e.message}", hint=e.hint)
         except Exception as e:  # a chat template that rejects the conversation, say
             raise InputError(f"{label}: row {number} cannot be tokenized ({type(e).__name__}: {e})")
-    kept = [e for e in examples if any(t != IGNORE for t in e[1][1:])]
+    return examples
+
+
+def has_loss(example) -> bool:
+    """Whether a tokenized row keeps a labelled token after the first (the one a loss can score)."""
+    return any(t != IGNORE for t in example[1][1:])
+
+
+def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> list:
+    """Tokenized rows that keep at least one loss token within --max-length (a warning counts the rest)."""
+    from loramix import render
+
+    examples = tokenize_rows(rows, tokenizer, max_length, label)
+    kept = [e for e in examples if has_loss(e)]
     if not kept:
         raise InputError(f"{label}: no row has a completion token within --max-length {max_length}",
                          hint="raise --max-length or shorten the prompts")

@@ -56,8 +56,13 @@ def check_options(c: EvalConfig) -> None:
         raise InputError(f"--tolerance {c.tolerance}: must be a finite number >= 0")
     if not (c.timeout > 0 and math.isfinite(c.timeout)):
         raise InputError(f"--timeout {c.timeout}: must be a positive number of seconds")
-    if len({Path(p).resolve() for p in c.adapters}) < len(c.adapters):
-        raise InputError("the same adapter is given twice")
+    seen = set()
+    for p in c.adapters:
+        if Path(p).resolve() in seen:
+            raise InputError(f"{p}: given twice as --adapter")
+        seen.add(Path(p).resolve())
+    if c.metric == "loss" and (c.few_shot or c.chat_template):
+        raise InputError("--few-shot and --chat-template shape generated prompts; --metric loss scores the rows as they are")
     if c.predictions is not None:
         check_file(c.predictions, c.force, "--predictions")
 
@@ -106,7 +111,10 @@ def few_shot_prefix(path: Path | None) -> str:
     if not path.is_file():
         raise InputError(f"{path}: no such file", hint="--few-shot takes a text or JSONL file")
     if path.suffix != ".jsonl":
-        return path.read_text(encoding="utf-8")
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not UTF-8 text")
     rows = data.load(str(path)).rows
     if any("prompt" not in r for r in rows):
         raise InputError(f"{path}: few-shot rows need \"prompt\" and \"completion\"")
@@ -136,48 +144,87 @@ def write_predictions(path: Path, records: list[dict]) -> None:
 
 
 def model_names(adapters: list[Path]) -> list[str]:
-    """Row names: the folder's name, made unique with its parent's where two share one."""
-    names = [Path(p).resolve().name for p in adapters]
-    return [f"{Path(p).resolve().parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(adapters, names)]
+    """Row names: the folder's name, with as many parent folders as it takes to tell adapters
+    apart from each other and from the base row."""
+    parts = [Path(p).resolve().parts for p in adapters]
+    names = [p[-1] for p in parts]
+    for depth in range(2, max((len(p) for p in parts), default=1) + 1):
+        clash = {n for n in names if names.count(n) > 1 or n == "base"}
+        if not clash:
+            break
+        names = ["/".join(p[-depth:]) if n in clash else n for p, n in zip(parts, names)]
+    return names
 
 
 def run_eval(c: EvalConfig, progress) -> dict:
     """Check, load, score every model, write --predictions; returns the report `--json` prints.
     `progress(description, total)` is a context manager yielding a function called with items done."""
-    from loramix import data, render, scoring
+    import torch
+
+    from loramix import render, scoring
 
     check_options(c)
     dataset = load_rows(c)
-    rows = dataset.rows
-
-    def run_programs(codes):
-        from loramix import sandbox
-
-        return sandbox.run_programs(codes, sandbox.Limits(timeout=c.timeout, cpu_seconds=math.ceil(c.timeout)))
-
-    expected = None if c.metric == "loss" else expected_values(c, rows, run_programs, dataset.source)
-    prefix, stops = few_shot_prefix(c.few_shot), default_stops(c, rows)
-    ms = scoring.load_models(c, model_names(c.adapters))
-    import torch
-
+    adapters, base, path, tokenizer = open_base(c)
+    prefix, stops = few_shot_prefix(c.few_shot), default_stops(c, dataset.rows)
+    inputs = model_inputs(c, dataset, tokenizer, prefix)
+    expected = None if c.metric == "loss" else expected_values(c, dataset.rows, run_programs(c), dataset.source)
+    ms = scoring.load_models(c, adapters, base, path, tokenizer, model_names(c.adapters))
     torch.manual_seed(c.seed)  # greedy decoding is deterministic; this pins anything else
-    if c.metric == "loss":
-        examples = [data.tokenize(r, ms.tokenizer, c.max_length) for r in rows]
-    else:
-        prompts = generation.prompt_ids(rows, ms.tokenizer, prefix, c.chat_template)
     results, records = [], []
     for name, adapter in ms.entries():
-        with ms.active(adapter), progress(f"scoring {name}", len(rows)) as advance:
+        with ms.active(adapter), progress(f"scoring {name}", len(dataset.rows)) as advance:
             if c.metric == "loss":
-                row = scoring.score_loss(ms, examples, rows, c, advance)
+                row = scoring.score_loss(ms, inputs, dataset.rows, c, advance)
             else:
-                row = scoring.score_generation(ms, prompts, rows, expected, stops, c, run_programs, advance)
+                row = scoring.score_generation(ms, inputs, dataset.rows, expected, stops, c, run_programs(c), advance)
         records += [dict(model=name, index=i, **item) for i, item in enumerate(row.pop("items"))]
         results.append({"name": name, "adapter": None if adapter is None else str(Path(adapter).resolve()), **row})
         render.stderr().print(f"eval: {name}: {c.metric} {render.fmt_num(row['score'], 4)}", highlight=False)
     if c.predictions is not None:
         write_predictions(c.predictions, records)
     return report(c, dataset, ms, stops, prefix, results)
+
+
+def run_programs(c: EvalConfig):
+    """The sandbox with --timeout as its wall-clock and CPU limits."""
+    from loramix import sandbox
+
+    limits = sandbox.Limits(timeout=c.timeout, cpu_seconds=math.ceil(c.timeout))
+    return lambda codes: sandbox.run_programs(codes, limits)
+
+
+def open_base(c: EvalConfig):
+    """The adapters (checked), the base to load and its tokenizer: (adapters, base, path, tokenizer)."""
+    from loramix import models
+    from loramix.adapters import check_compatible, read_adapter
+
+    models.quiet_libraries()
+    adapters = [read_adapter(p) for p in c.adapters]
+    if adapters:
+        check_compatible(adapters)
+    base = models.base_of(adapters, c.base)
+    path = models.resolve_base(base)
+    return adapters, base, path, models.load_tokenizer(path)
+
+
+def model_inputs(c: EvalConfig, dataset, tokenizer, prefix: str) -> list:
+    """Token ids per item: prompts to generate from, or (ids, labels) for the loss; refused here,
+    before any model is loaded, where the tokenizer cannot render them."""
+    from loramix import data
+
+    chat = c.chat_template or any("messages" in r for r in dataset.rows)
+    if chat and not getattr(tokenizer, "chat_template", None):
+        what = "--chat-template" if c.chat_template else f"{dataset.source}: \"messages\" rows"
+        raise InputError(f"{what}: the base's tokenizer has no chat template",
+                         hint="use {\"prompt\", \"completion\"} rows without --chat-template")
+    if c.metric != "loss":
+        return generation.prompt_ids(dataset.rows, tokenizer, prefix, c.chat_template, dataset.source)
+    examples = data.tokenize_rows(dataset.rows, tokenizer, c.max_length, dataset.source)
+    if not any(data.has_loss(e) for e in examples):
+        raise InputError(f"{dataset.source}: no row has a completion token within --max-length {c.max_length}",
+                         hint="raise --max-length or shorten the prompts")
+    return examples
 
 
 def report(c: EvalConfig, dataset, ms, stops: list[str], prefix: str, results: list[dict]) -> dict:

@@ -106,7 +106,7 @@ def prepare(c: CatConfig):
     """Check, load the adapters, the data and the base, and wrap the base: (train.Run, state)."""
     import torch
 
-    from loramix import models, render
+    from loramix import models
     from loramix.adapters import check_compatible, read_adapter
     from loramix.outputs import check_out
     from loramix.targets import check_adapter_shapes
@@ -117,9 +117,7 @@ def prepare(c: CatConfig):
     check_out(c.out, c.force, inputs=tuple(c.adapters) + data_files)
     adapters = [read_adapter(p) for p in c.adapters]
     check_compatible(adapters)
-    base = c.base or adapters[0].base
-    if c.base and models.base_record(c.base) != models.base_record(adapters[0].base):
-        render.warning(f"--base {c.base} is not the base the adapters record ({adapters[0].base})")
+    base = models.base_of(adapters, c.base)
     path = models.resolve_base(base)
     if path.resolve().is_relative_to(c.out.resolve()):
         raise InputError(f"{c.out}: holds the base model; write the result somewhere else")

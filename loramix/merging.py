@@ -50,8 +50,6 @@ def get_method(name: str):
 
 def check_request(req: MergeRequest, method) -> None:
     """Refuse options the method does not read and values outside their range (exit 2)."""
-    if req.cat_weights is not None:
-        _check_cat_weights(req, method)
     if not req.adapters:
         raise InputError("no adapters given", hint="loramix merge ADAPTER [ADAPTER...] -m METHOD -o OUT")
     if req.weights is not None and len(req.weights) != len(req.adapters):
@@ -76,10 +74,12 @@ def check_request(req: MergeRequest, method) -> None:
     check_out(req.out, req.force, inputs)
 
 
-def _check_cat_weights(req: MergeRequest, method) -> None:
+def read_cat_weights(req: MergeRequest, method) -> dict | None:
     """--cat-weights: only with -m cat, not with --weights; no adapters given means the table's."""
     from loramix import cat_weights
 
+    if req.cat_weights is None:
+        return None
     if method.name != "cat":
         raise InputError(f"--cat-weights applies to -m cat, not -m {method.name}")
     if req.weights is not None:
@@ -87,6 +87,7 @@ def _check_cat_weights(req: MergeRequest, method) -> None:
     doc = cat_weights.read(req.cat_weights)
     if not req.adapters:
         req.adapters = cat_weights.recorded_paths(doc, req.cat_weights)
+    return doc
 
 
 def load_adapters(paths: list[Path]) -> list[Adapter]:
@@ -103,11 +104,10 @@ def run_merge(req: MergeRequest, progress: Callable = no_progress) -> dict:
     from loramix.merge.engine import MergeOptions, module_names
 
     method = get_method(req.method)
+    table = read_cat_weights(req, method)
     check_request(req, method)
     adapters = load_adapters(req.adapters)
-    module_weights = None
-    if req.cat_weights is not None:
-        module_weights = _table_weights(req.cat_weights, adapters)
+    module_weights = None if table is None else _table_weights(table, req.cat_weights, adapters)
     opts = MergeOptions(
         weights=req.weights or [1.0] * len(adapters),
         density=req.density,
@@ -131,10 +131,9 @@ def run_merge(req: MergeRequest, progress: Callable = no_progress) -> dict:
     return report
 
 
-def _table_weights(file: Path, adapters: list[Adapter]) -> dict[str, list[float]]:
+def _table_weights(doc: dict, file: Path, adapters: list[Adapter]) -> dict[str, list[float]]:
     from loramix import cat_weights
 
-    doc = cat_weights.read(file)
     cat_weights.check_adapters(doc, adapters, file)
     return cat_weights.module_weights(doc, adapters, file)
 

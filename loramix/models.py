@@ -57,6 +57,18 @@ def base_record(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
+def base_of(adapters: list, given: str | None) -> str:
+    """The base to load: --base, else the one the adapters record (else the bundled model); a
+    warning when --base is not the adapters' own."""
+    if given is None:
+        return adapters[0].base if adapters else BUNDLED
+    if adapters and base_record(given) != base_record(adapters[0].base):
+        from loramix import render
+
+        render.warning(f"--base {given} is not the base the adapters record ({adapters[0].base})")
+    return given
+
+
 def pick_device(device: str) -> str:
     import torch
 

@@ -57,24 +57,14 @@ def warning(message: str) -> None:
 @contextmanager
 def progress(description: str, total: int) -> Iterator:
     """A progress bar on stderr; yields a function to call once per finished step."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = stderr()
-    if not console.is_terminal:
-        yield lambda *_: None
-        return
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    )
-    with bar:
-        task = bar.add_task(description, total=total)
-        yield lambda *_: bar.advance(task)
+    with progress_items(description, total) as advance:
+        yield lambda *_: advance(1)
 
 
 @contextmanager
 def progress_items(description: str, total: int) -> Iterator:
-    """Like `progress`, for work done in chunks: yields a function called with the items finished."""
+    """A progress bar on stderr (none when stderr is not a terminal); yields a function called
+    with the number of items each chunk of work finished."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = stderr()
@@ -325,23 +315,26 @@ def skills_table(rows: list[dict]) -> Table:
 
 
 def cat_view(doc: dict, out: str, color: bool) -> list:
-    """A fit-cat result: a summary and the α heatmap (layers down, adapters across)."""
+    """A fit-cat result: a summary and the α heatmap (layers down, adapters across). Fields a
+    hand-made table lacks are left out."""
     from loramix.inspection import cat_heatmap
 
-    val = "-" if doc["best_val_loss"] is None else f"{fmt_num(doc['best_val_loss'], 4)} (α of step {doc['chosen_step']})"
-    error = doc["svd_error"]["max"]
-    written = f"rank {fmt_span(doc['rank'])}" + (f", SVD error max {fmt_num(error)}" if error else ", exact")
-    rows = [
-        ("adapter", out), ("base", doc["base"]),
-        ("skills", ", ".join(f"{a['name']} ({a['path']})" for a in doc["adapters"])),
-        ("data", ", ".join(f"{d['data']} ({d['used']} of {d['rows']})" for d in doc["data"])),
-        ("α", f"{doc['granularity']}, {doc['param']}" + (f", init {doc['init']}" if doc["param"] == "free" else "")
-              + f", lr {doc['lr']}"),
-        ("steps", f"{doc['steps']} of {doc['planned_steps']}" + (" (interrupted)" if doc["interrupted"] else "")),
-        ("validation loss", val),
-        ("written", written),
-        ("time", f"{fmt_seconds(doc['seconds'])}, {doc['tokens']:,} tokens"),
-    ]
+    get = doc.get
+    rows = [("adapter", out), ("base", get("base", "-")),
+            ("skills", ", ".join(f"{a.get('name', '?')} ({a.get('path', '?')})" for a in doc["adapters"])),
+            ("α", f"{doc['granularity']}, {doc['param']}" + (f", init {get('init')}" if "init" in doc else "")
+             + (f", lr {get('lr')}" if "lr" in doc else ""))]
+    if "data" in doc:
+        rows.insert(3, ("data", ", ".join(f"{d['data']} ({d['used']} of {d['rows']})" for d in doc["data"])))
+    if "steps" in doc:
+        rows.append(("steps", f"{doc['steps']} of {get('planned_steps')}" + (" (interrupted)" if get("interrupted") else "")))
+    if get("best_val_loss") is not None:
+        rows.append(("validation loss", f"{fmt_num(doc['best_val_loss'], 4)} (α of step {get('chosen_step')})"))
+    if "rank" in doc:
+        error = get("svd_error", {}).get("max")
+        rows.append(("written", f"rank {fmt_span(doc['rank'])}" + (f", SVD error max {fmt_num(error)}" if error else ", exact")))
+    if "seconds" in doc:
+        rows.append(("time", f"{fmt_seconds(doc['seconds'])}, {get('tokens', 0):,} tokens"))
     g = cat_heatmap(doc)
     title = {"layer": "α per layer", "module": "α per layer and module", "global": "α"}[doc["granularity"]]
     return [key_value_table("fitted", rows), "", heatmap(title, g["rows"], _short(g["cols"]), g["values"], color=color)]

@@ -41,22 +41,12 @@ class ModelSet:
             yield self.model
 
 
-def load_models(c, names: list[str]) -> ModelSet:
-    """The base (the adapters' own by default) and every adapter on it, in eval mode."""
-    from loramix import models, render
-    from loramix.adapters import check_compatible, read_adapter
+def load_models(c, adapters: list, base: str, path: Path, tokenizer, names: list[str]) -> ModelSet:
+    """The base and every adapter on it, set for inference."""
+    from loramix import models
     from loramix.targets import check_adapter_shapes
 
-    models.quiet_libraries()
-    adapters = [read_adapter(p) for p in c.adapters]
-    if adapters:
-        check_compatible(adapters)
-    base = c.base or (adapters[0].base if adapters else models.BUNDLED)
-    if c.base and adapters and models.base_record(c.base) != models.base_record(adapters[0].base):
-        render.warning(f"--base {c.base} is not the base the adapters record ({adapters[0].base})")
-    path = models.resolve_base(base)
     device, dtype, threads = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
-    tokenizer = models.load_tokenizer(path)
     model = models.load_model(path, dtype, device, c.load_in_4bit)
     check_adapter_shapes(model, adapters)
     if adapters:
@@ -130,12 +120,13 @@ def score_loss(ms: ModelSet, examples: list, rows: list[dict], c, advance) -> di
         counts += n
         advance(len(chunk))
     seconds = time.perf_counter() - began
-    kept = [(s, n) for s, n in zip(sums, counts) if n]
+    kept = [(s, n) for s, n in zip(sums, counts) if n]  # evaluate.py refuses data where none is
     loss = sum(s for s, _ in kept) / sum(n for _, n in kept)
     lo, hi = metrics.bootstrap_ratio([s for s, _ in kept], [n for _, n in kept], seed=c.seed)
     tokens = sum(len(ids) for ids, _ in examples)
     items = [{"prompt": _prompt(r), "loss": s / n if n else None, "tokens": n} for r, s, n in zip(rows, sums, counts)]
-    return {"score": loss, "perplexity": math.exp(loss), "ci": [lo, hi], "items_scored": len(kept), "tokens": tokens,
+    perplexity = math.exp(loss) if loss < 700 else math.inf
+    return {"score": loss, "perplexity": perplexity, "ci": [lo, hi], "items_scored": len(kept), "tokens": tokens,
             "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
             "items": items}
 
@@ -147,8 +138,7 @@ def _losses(ms: ModelSet, chunk: list) -> tuple[list[float], list[int]]:
 
     from loramix.data import IGNORE, collate
 
-    pad = ms.tokenizer.pad_token_id if ms.tokenizer.pad_token_id is not None else 0
-    b = {k: v.to(ms.device) for k, v in collate(chunk, pad).items()}
+    b = {k: v.to(ms.device) for k, v in collate(chunk, ms.tokenizer.pad_token_id).items()}
     with torch.no_grad():
         logits = ms.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
     labels = b["labels"][:, 1:]

@@ -113,6 +113,11 @@ def _bad_table(soups, tmp_path, edit):
     (lambda s, t: ["--cat-weights", s["a"] / "adapter_config.json"], "adapter_config.json: not a fit-cat α table"),
     (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["alpha"][0].__setitem__(1, "x"))], "group 0: 'x' is not a finite number"),
     (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["alpha"].pop())], "alpha has 7 rows for 8 groups"),
+    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d.__setitem__("alpha", 5))], "alpha has no list of rows"),
+    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["adapters"][0].pop("sha256"))],
+     "adapter 1 needs \"name\", \"path\" and \"sha256\" strings"),
+    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d.update(param="softmax", alpha=[[0, 0]] * 8))],
+     "group 0: softmax shares must be positive"),
     (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["adapters"][1].__setitem__("path", str(t / "gone")))],
      "its adapter " + "{t}/gone is gone"),
 ])
@@ -144,3 +149,13 @@ def test_inspect_lays_module_alpha_out_as_layers_by_adapter_and_module(soups):
     assert grid["values"][5][7] == alpha["model.layers.5.self_attn.q_proj"][1]
     text = runner.invoke(app, ["inspect", str(soups["module"])]).stdout
     assert "α per layer and module" in text and "b v" in text
+
+
+def test_inspect_shows_a_hand_made_table(soups, tmp_path):
+    doc = {"command": "fit-cat", "granularity": "global", "param": "free", "groups": ["all"], "alpha": [[0.7, 0.2]],
+           "adapters": [{"name": "a", "path": str(soups["a"]), "sha256": "x"},
+                        {"name": "b", "path": str(soups["b"]), "sha256": "y"}]}
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.stderr
+    assert "0.7" in result.stdout and "0.2" in result.stdout and "global, free" in result.stdout

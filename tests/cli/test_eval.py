@@ -149,3 +149,119 @@ def test_program_rows_without_answer_need_a_reference_that_runs(tmp_path):
     result = _eval("-d", tmp_path / "d.jsonl", "-m", "program", "--threads", "1")
     assert result.exit_code == 2
     assert "row 1: has no \"answer\" and its reference program fails (ZeroDivisionError" in result.stderr
+
+
+def _chat_base(tmp_path):
+    """loramix-tiny with a chat template and a second end token in its generation config."""
+    import shutil
+
+    folder = tmp_path / "chat-base"
+    shutil.copytree(models.bundled_path(), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}assistant:{% endif %}")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_chat_rows_need_a_chat_template(tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "2+2?"},
+                                                               {"role": "assistant", "content": "4"}]}) + "\n")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "2+2?", "completion": " 4"}) + "\n")
+    result = _eval("-d", tmp_path / "m.jsonl", *QUICK)
+    assert result.exit_code == 2 and "m.jsonl: \"messages\" rows: the base's tokenizer has no chat template" in result.stderr
+    result = _eval("-d", tmp_path / "p.jsonl", "--chat-template", *QUICK)
+    assert result.exit_code == 2 and "--chat-template: the base's tokenizer has no chat template" in result.stderr
+    chat = _chat_base(tmp_path)
+    result = _eval("-d", tmp_path / "m.jsonl", "-b", chat, *QUICK, "--predictions", tmp_path / "o.jsonl")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "o.jsonl").read_text())["expected"] == "4"
+
+
+def test_few_shot_goes_before_the_first_user_turn(tmp_path):
+    from loramix import generation
+
+    tokenizer = models.load_tokenizer(_chat_base(tmp_path))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"}]
+    ids = generation.prompt_ids([{"messages": messages}], tokenizer, prefix="EXAMPLES ")[0]
+    assert tokenizer.decode(ids).endswith("system: Be brief.\nuser: EXAMPLES 2+2?\nassistant:")
+
+
+def test_the_models_own_end_tokens_stop_generation():
+    from types import SimpleNamespace
+
+    from loramix import generation
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[2, 262]))
+    assert generation.end_tokens(model, SimpleNamespace(eos_token_id=2)) == [2, 262]
+    assert generation.end_tokens(SimpleNamespace(), SimpleNamespace(eos_token_id=5)) == [5]
+
+
+def test_row_names_are_unique_and_never_base(tmp_path):
+    from loramix.evaluate import model_names
+
+    paths = [tmp_path / "x" / "base", tmp_path / "p1" / "run" / "soup", tmp_path / "p2" / "run" / "soup", tmp_path / "m"]
+    assert model_names(paths) == ["x/base", "p1/run/soup", "p2/run/soup", "m"]
+
+
+def test_loss_is_the_mean_completion_token_cross_entropy(pair):
+    import torch
+
+    from loramix import data
+
+    result = _eval("-d", "builtin:math", "-m", "loss", "--limit", "6", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    model = models.load_model(models.bundled_path(), torch.float32, "cpu").eval()
+    tokenizer = models.load_tokenizer(models.bundled_path())
+    total, count = 0.0, 0
+    for row in data.load("builtin:math:eval", 6).rows:
+        ids, labels = data.tokenize(row, tokenizer, 1024)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+        target = torch.tensor(labels[1:])
+        keep = target != data.IGNORE
+        total += float(torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum"))
+        count += int(keep.sum())
+    assert json.loads(result.stdout)["models"][0]["score"] == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "loss", "--max-length", "5"], "no row has a completion token within --max-length 5"),
+    (["-m", "loss", "--few-shot", "{tmp}/shots.txt"], "--few-shot and --chat-template shape generated prompts"),
+    (["--few-shot", "{tmp}/latin1.txt"], "latin1.txt: not UTF-8 text"),
+    (["-a", "{pair0}", "-a", "{pair0}"], "given twice as --adapter"),
+])
+def test_more_refusals(pair, tmp_path, args, message):
+    (tmp_path / "shots.txt").write_text("Problem: 1 + 1?\nAnswer: 1 + 1\n\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    result = _eval("-d", "builtin:math", *QUICK, *[a.format(tmp=tmp_path, pair0=pair[0]) for a in args])
+    assert result.exit_code == 2, result.stdout
+    assert message in result.stderr
+
+
+def test_stop_strings_and_few_shot_reach_generation(pair, tmp_path):
+    (tmp_path / "shots.txt").write_text("Problem: 1 + 1?\nAnswer: 1 + 1\n\n")
+    alpha = ["-a", pair[0], "--no-base"]
+    plain = json.loads(_eval("-d", "builtin:math", *QUICK, *alpha, "--stop", "", "--json", "--predictions", tmp_path / "a").stdout)
+    shots = json.loads(_eval("-d", "builtin:math", *QUICK, *alpha, "--stop", "", "--few-shot", tmp_path / "shots.txt",
+                             "--json", "--predictions", tmp_path / "b").stdout)
+    stopped = json.loads(_eval("-d", "builtin:math", *QUICK, *alpha, "--stop", " ", "--json").stdout)
+    assert plain["settings"]["stop"] == [] and stopped["settings"]["stop"] == [" "]
+    assert shots["settings"]["few_shot_chars"] == len("Problem: 1 + 1?\nAnswer: 1 + 1\n\n")
+    assert stopped["models"][0]["tokens"] < plain["models"][0]["tokens"] <= 8 * 6  # a space comes early
+    outputs = [[json.loads(x)["output"] for x in (tmp_path / f).read_text().splitlines()] for f in "ab"]
+    assert outputs[0] != outputs[1]  # the examples change what the model writes
+
+
+def test_numeric_metric_end_to_end(tmp_path, monkeypatch):
+    from loramix import generation
+
+    rows = [{"prompt": "a", "completion": " 6", "answer": 6}, {"prompt": "b", "completion": " it is 7.5"},
+            {"prompt": "c", "completion": " 3", "answer": 3}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outputs = [" so 6.00001", " about 7.5 apples", " 4"]
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: [generation.Generated(o, 2) for o in outputs])
+    result = _eval("-d", tmp_path / "d.jsonl", "-m", "numeric", "--json", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["models"][0]["correct"] == 2
