@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dis
 import os
+import resource
 import shutil
+import signal
 import stat
+import subprocess
 import tempfile
 import textwrap
 import time
+import types
 import uuid
 from pathlib import Path
 
 import pytest
 
+from loramix import sandbox
 from loramix.sandbox import PREFIX, Limits, run_program, run_programs
 
 FAST = Limits(timeout=1, cpu_seconds=1)
@@ -97,6 +103,46 @@ def test_10_gb_allocation_fails_quickly():
 def test_file_size_is_limited():
     r = run_program("with open('big', 'wb') as f:\n    f.write(b'x' * (64 * 1024**2))", FAST)
     assert not r.ok and "File too large" in r.error
+    r = run_program("with open('big', 'wb') as f:\n    f.write(b'x' * (2 * 1024**2))", FAST)
+    assert not r.ok and "File too large" in r.error  # 1 MB a file
+
+
+def test_files_created_are_counted():
+    code = "for i in range({n}):\n    open(f'f{{i}}', 'w').write('x')\n    print(i, flush=True)"
+    r = run_program(code.format(n=16))
+    assert r.ok and r.output.split()[-1] == "15"
+    r = run_program(code.format(n=20))  # 20 small files: the 17th is refused
+    assert not r.ok and r.error == "refused: open: more than 16 files created or written"
+    assert r.output.split()[-1] == "15"
+    r = run_program("import os\nfor i in range(20):\n    os.mkdir(f'd{i}')")
+    assert not r.ok and r.error.startswith("refused: os.mkdir: more than 16")
+    # C's fopen (here ssl's key log, appending) reports the mode only: flags 0; it is a write too
+    r = run_program("import ssl, json\nssl.create_default_context().keylog_filename = json.__file__ + '.log'")
+    assert not r.ok and r.error.startswith("refused: open"), r.error
+
+
+def test_limits_are_set_by_the_bootstrap_without_preexec_fn(monkeypatch):
+    calls, popen = [], subprocess.Popen
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    names = ("CPU", "AS", "FSIZE", "NOFILE", "CORE")
+    code = (f"import resource as r\nprint([r.getrlimit(getattr(r, 'RLIMIT_' + n)) for n in {names}], flush=True)\n"
+            "r.setrlimit(r.RLIMIT_AS, (-1, -1))")
+    r = run_program(code, Limits(cpu_seconds=3, memory_mb=256))
+    assert calls and all(kw.get("preexec_fn") is None and kw["start_new_session"] for kw in calls)
+
+    def capped(which, value):  # never above the caller's hard limit
+        hard = resource.getrlimit(which)[1]
+        return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+    wanted = [(3, 4), (256 * 1024**2,) * 2, (1024**2,) * 2, (64, 64), (0, 0)]  # hard ones too
+    wanted = [tuple(capped(getattr(resource, "RLIMIT_" + n), v) for v in pair) for n, pair in zip(names, wanted)]
+    assert r.output == f"{wanted}\n"
+    assert not r.ok and r.error == "refused: resource.setrlimit"
 
 
 def test_fork_bomb_is_refused_and_leaves_no_process():
@@ -182,6 +228,16 @@ def test_huge_output_is_cut():
     ("import ctypes", "refused: import 'ctypes'"),
     ("import os\nos.kill(os.getppid(), 0)", "refused: os.kill"),
     ("print(open('/etc/passwd').read())", "refused: open"),
+    ("import marshal\nexec(marshal.loads(marshal.dumps(compile('print(1)', 'x', 'exec'))))", "refused: marshal.loads"),
+    ("import sys\nsys.settrace(lambda *a: None)", "refused: sys.settrace"),
+    ("import sys\nsys.addaudithook(lambda *a: None)", "refused: sys.addaudithook"),
+    ("import sys\nsys._current_frames()", "refused: sys._current_frames"),
+    ("import os\nprint(os.listdir(bytearray(b'/etc')))", "refused: os.listdir"),  # not str: not read
+    # an extension module loads PyInit_<last part of its name>: a test module under another name
+    ("import _imp, os, sys, importlib.machinery as m\nso = '_testcapi.cpython-311-x86_64-linux-gnu.so'\n"
+     "lib = [p for p in sys.path if os.path.exists(os.path.join(p, 'lib-dynload', so))][0]\n"
+     "_imp.create_dynamic(m.ModuleSpec('x._testcapi', None, origin=os.path.join(lib, 'lib-dynload', so)))",
+     "refused: import 'x._testcapi'"),
 ])
 def test_dangerous_calls_are_refused(code, refused):
     r = run_program(code)
@@ -209,3 +265,132 @@ def test_run_programs_keeps_order_and_runs_in_parallel():
     start = time.monotonic()
     results = run_programs(["import time\ntime.sleep(0.5)\nprint('slept')"] * 4, workers=4)
     assert all(r.ok for r in results) and time.monotonic() - start < 1.5
+
+
+def test_imports_compile_from_source_and_still_work():
+    # no cached bytecode is read (it would go through marshal.loads, refused)
+    code = ("import json, math, fractions, re, decimal, collections, statistics\n"
+            "P = collections.namedtuple('P', 'x y')\n"
+            "print(json.dumps(math.sqrt(16)), fractions.Fraction(3, 6), re.findall(r'\\d', 'a1b2'),"
+            " decimal.Decimal('1.1') + 1, P(1, 2), statistics.mean([1, 2, 3]))")
+    r = run_program(code)
+    assert (r.ok, r.output) == (True, "4.0 1/2 ['1', '2'] 2.1 P(x=1, y=2) 2\n"), r.error
+
+
+@pytest.mark.parametrize("how", [
+    "import os\nos.mknod(TARGET)", "import os\nos.mkfifo(TARGET)", "import posix\nposix.mknod(TARGET)",
+    "import _imp, importlib.machinery as m\n_imp.create_builtin(m.ModuleSpec('posix', None)).mknod(TARGET)",
+    "import sys\ndel sys.modules['posix']\nimport posix\nposix.mkfifo(TARGET)",
+])
+def test_calls_without_an_audit_event_are_gone(how, outside):
+    # mknod and mkfifo raise no audit event: they make files anywhere nobody may write
+    target = outside / "left-behind"
+    r = run_program(how.replace("TARGET", repr(str(target))) + "\nprint('ok')")
+    assert not r.ok and r.output == "" and not os.path.lexists(target)
+    names = ", ".join(repr(n) for n in sandbox.UNAUDITED)
+    r = run_program(f"import os, posix, signal\nprint([n for n in ({names}) for m in (os, posix, signal) if hasattr(m, n)])"
+                    "\nfrom os import *")
+    assert (r.ok, r.output, r.error) == (True, "[]\n", None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the library is reached through open fds for root only")
+def test_native_code_of_the_program_cannot_be_loaded():
+    # as nobody, the library folders are /proc/self/fd/N: a program could put its own folder there
+    code = """import os, sys
+so = "_bisect.cpython-311-x86_64-linux-gnu.so"
+lib = [p for p in sys.path if os.path.exists(os.path.join(p, so))][0]
+os.mkdir("dyn")
+open("dyn/" + so, "wb").write(open(os.path.join(lib, so), "rb").read())  # in principle, its own code
+os.dup2(os.open("dyn", os.O_RDONLY), int(lib.rsplit("/", 1)[1]))
+sys.modules.pop("_bisect", None)
+sys.path_importer_cache.clear()
+import _bisect
+print(os.stat(_bisect.__file__).st_uid)"""
+    r = run_program(code)
+    assert not r.ok and r.error == "refused: import '_bisect'" and r.output == ""
+
+
+@pytest.mark.parametrize("call", ["os.setsid()", "os.setpgrp()", "os.setpgid(0, 0)"])
+def test_a_child_cannot_leave_the_process_group(call):
+    code = f"import os, time\nif os.fork() == 0:\n    {call}\n    time.sleep(10)\n    os._exit(0)\nprint('done')"
+    try:  # (processes=3: the NPROC count of nobody includes children not reaped yet by init)
+        r = run_program(code, Limits(timeout=2, cpu_seconds=1, processes=3))
+        assert r.ok and r.output == "done\n"
+        assert _no_sandbox_processes_left()
+    finally:
+        for pid in _sandbox_processes():
+            os.kill(int(pid), signal.SIGKILL)
+
+
+_EQ_IN_THE_HOOK = """
+import shutil, socket, sys
+class E:  # the hook once compared a dir_fd with -1: this ran inside it, with its globals
+    def __eq__(s, o):
+        print("in the hook", flush=True)
+        g = sys._getframe(1).f_globals; g["FOLDER"] = ""; g["DENY"] = ("x",); return True
+    __hash__ = object.__hash__
+try:
+    shutil.rmtree("x", dir_fd=E())
+except Exception:
+    pass
+"""
+
+_FINALIZER_IN_THE_HOOK = """
+import gc, os, sys
+class Cycle:
+    def __del__(self):  # run by the collector, maybe inside the hook: its frames are reachable
+        frame = sys._getframe(1)
+        while frame is not None:
+            frame.f_globals.update(FOLDER="", DENY=("x",), READ_ROOTS=("",)) if "FOLDER" in frame.f_globals else 0
+            frame = frame.f_back
+gc.set_threshold(1, 1, 1)
+for i in range(20000):
+    a, b = Cycle(), Cycle()
+    a.other, b.other = b, a
+    del a, b
+    os.listdir(".")
+"""
+
+_SIGNAL_IN_THE_HOOK = """
+import os, signal
+hit = []
+def handler(signum, frame):  # runs between two bytecodes, maybe of the hook's
+    while frame is not None:
+        if "FOLDER" in frame.f_globals:
+            frame.f_globals.update(FOLDER="", DENY=("x",), READ_ROOTS=("",))
+            hit.append(1)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        frame = frame.f_back
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+for i in range(100000):
+    if hit:
+        break
+    os.listdir(".")
+print(len(hit), flush=True)
+"""
+
+
+@pytest.mark.parametrize("attack", [pytest.param(_EQ_IN_THE_HOOK, id="__eq__ of a dir_fd"),
+                                    pytest.param(_FINALIZER_IN_THE_HOOK, id="finalizer"),
+                                    pytest.param(_SIGNAL_IN_THE_HOOK, id="signal handler")])
+def test_program_code_in_the_hook_changes_nothing(attack, outside):
+    target = outside / "pwned.txt"
+    r = run_program(attack + f"open({str(target)!r}, 'w').write('left behind')\nimport socket\nsocket.socket()")
+    assert not r.ok and r.error.startswith("refused: ") and not os.path.lexists(target), r
+    assert "in the hook" not in r.output  # it looks only at objects of exact builtin types
+    if attack is _SIGNAL_IN_THE_HOOK:  # the hook's frames were reached, its globals changed: in vain
+        assert r.output not in ("", "0\n")
+
+
+def test_hook_reads_no_global_at_run_time():
+    # its state is bound as immutable default arguments: a program that reaches its globals
+    # (through a frame, as above) cannot change what it refuses
+    code = compile(sandbox._HOOK, "hook", "exec")
+    functions = [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    assert len(functions) >= 5
+    for function in functions:
+        names = [i.argval for i in dis.get_instructions(function) if "GLOBAL" in i.opname or "NAME" in i.opname
+                 or "DEREF" in i.opname]
+        nested = [c for c in function.co_consts if isinstance(c, types.CodeType)]
+        assert (function.co_name, names, nested) == (function.co_name, [], [])
