@@ -26,9 +26,11 @@ _loramix_cmd_data() {
 _loramix_cmd_demo() {
     case "$prev" in
         --out|-o) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --seed) return ;;
+        --threads) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--out -o --quick --help -h'
+        _loramix_reply -W '--out -o --quick --seed --threads --force -f --json --help -h'
     fi
 }
 

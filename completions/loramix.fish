@@ -7,7 +7,7 @@ complete -c loramix -n '__fish_use_subcommand' -l version -d 'Print the version 
 complete -c loramix -n '__fish_use_subcommand' -l debug -d 'Show the full traceback when a command fails.'
 complete -c loramix -n '__fish_use_subcommand' -l help -s h -d 'Show this message and exit.'
 complete -c loramix -n __fish_use_subcommand -a data -d 'Show or export training and evaluation data as JSONL (one row per...'
-complete -c loramix -n __fish_use_subcommand -a demo -d 'Run the skill-composition pipeline on the bundled tiny model.'
+complete -c loramix -n __fish_use_subcommand -a demo -d 'Compose two skills on loramix-tiny, LoRA Soups\' experiment in a few...'
 complete -c loramix -n __fish_use_subcommand -a eval -d 'Score the base and each adapter on the same items, side by side.'
 complete -c loramix -n __fish_use_subcommand -a fit-cat -d 'Learn how much of each skill every layer should use, and write one...'
 complete -c loramix -n __fish_use_subcommand -a inspect -d 'Show an adapter (base, ranks, alpha, targets, parameters, and a...'
@@ -22,8 +22,12 @@ complete -c loramix -n '__fish_seen_subcommand_from data' -l json -d 'List the b
 complete -c loramix -n '__fish_seen_subcommand_from data' -l help -s h -d 'Show this message and exit.'
 
 # demo
-complete -c loramix -n '__fish_seen_subcommand_from demo' -l out -s o -r -F -d 'Folder for everything the demo writes [default: ./loramix-demo].'
-complete -c loramix -n '__fish_seen_subcommand_from demo' -l quick -d 'Smaller budgets, same table.'
+complete -c loramix -n '__fish_seen_subcommand_from demo' -l out -s o -r -F -d 'Folder for everything the demo writes.'
+complete -c loramix -n '__fish_seen_subcommand_from demo' -l quick -d 'Smaller budgets (about a minute), same table.'
+complete -c loramix -n '__fish_seen_subcommand_from demo' -l seed -r -f -d 'Seed for every step.'
+complete -c loramix -n '__fish_seen_subcommand_from demo' -l threads -r -f -d 'CPU threads for torch [default: one per core].'
+complete -c loramix -n '__fish_seen_subcommand_from demo' -l force -s f -d 'Replace --out if an earlier demo made it.'
+complete -c loramix -n '__fish_seen_subcommand_from demo' -l json -d 'Print demo.json instead of the tables.'
 complete -c loramix -n '__fish_seen_subcommand_from demo' -l help -s h -d 'Show this message and exit.'
 
 # eval

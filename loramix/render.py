@@ -171,9 +171,8 @@ def heatmap(
         table.add_column(c, justify="right", no_wrap=True, overflow="ellipsis", max_width=10)
     for label, row in zip(rows, values):
         table.add_row(label, *(_cell(v, lo, hi, color) for v in row))
-    legend = f"scale {fmt_num(lo)} … {fmt_num(hi)}"
-    table.caption = legend + ("" if color else f"   shades '{SHADES[1:]}' low → high")
-    table.caption_justify = "left"
+    legend = f"scale {fmt_num(lo)} … {fmt_num(hi)}" + ("" if color else f"   shades '{SHADES[1:]}' low → high")
+    table.caption = Text(legend, no_wrap=True, overflow="ignore")  # as wide as it needs, even past the table
     return table
 
 
@@ -360,3 +359,30 @@ def eval_table(doc: dict) -> Table:
         rate = "-" if m["tokens_per_second"] is None else f"{m['tokens_per_second']:,.0f}"
         table.add_row(m["name"], *cells, str(m["items_scored"]), rate)
     return table
+
+
+def demo_view(doc: dict, out: Path, color: bool) -> list:
+    """`demo`: the comparison table, CAT's gain against the single skills', α, the commands."""
+    import json
+
+    from rich import box
+
+    n = doc["budget"]["eval"]
+    table = Table(title=f"accuracy on {n} eval items per task", title_justify="left", box=box.SIMPLE_HEAD,
+                  caption="math-code: the held-out composite, programs run; kept: the share of the skill LoRA's "
+                  "own accuracy a model keeps", caption_justify="left")
+    for col in ("model", "math-code", "math", "code", "kept math", "kept code"):
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    for r in doc["rows"]:
+        table.add_row(r["model"], pct(r["math-code"]), pct(r["math"]), pct(r["code"]),
+                      pct(r["retention"]["math"]), pct(r["retention"]["code"]))
+    gains = doc["single_gains"]
+    line = (f"CAT's gain on math-code over the base: {100 * doc['cat_gain']:+.1f} points; the math LoRA's "
+            f"{100 * gains['math']:+.1f}, the code LoRA's {100 * gains['code']:+.1f}: "
+            f"{'super-linear' if doc['super_linear'] else 'not super-linear'} (more than the single skills' "
+            f"gains together). Best on math-code: {doc['best_composite']}.")
+    cat = json.loads((Path(out) / "cat" / "cat_weights.json").read_text())
+    alpha = cat_view(cat, str(Path(out) / "cat"), color)[-1]
+    steps = "\n".join(doc["commands"])
+    return [table, line, "", alpha, "", f"The same with the commands ({doc['total_seconds']:.0f} s here):", steps]

@@ -78,7 +78,7 @@ def test_help_is_fast_and_does_not_import_torch():
         "import sys\n"
         "from loramix.cli import app\n"
         "for args in (['--help'], ['merge', '--help'], ['inspect', '--help'], ['train-skill', '--help'], ['fit-cat', '--help'], "
-        "['data', '--help'], ['eval', '--help'], ['data'], ['--version']):\n"
+        "['data', '--help'], ['eval', '--help'], ['demo', '--help'], ['data'], ['--version']):\n"
         "    try:\n"
         "        app(args, prog_name='loramix')\n"
         "    except SystemExit as e:\n"

@@ -1,0 +1,238 @@
+"""The skill-composition benchmark: `loramix demo`'s experiment at full budget over several seeds,
+and the studies LoRA Soups leaves open, on loramix-tiny and the built-in skills.
+
+Usage (from the repository root, in the project's virtualenv):
+
+    python bench/compose.py                          # the main table: 3 seeds, 4000 rows per skill
+    python bench/compose.py --seeds 0 --rows 1000 --eval 100      # a quick look
+    python bench/compose.py --study granularity      # CAT per layer, module or global (OQ 4)
+    python bench/compose.py --study fraction         # CAT on 1, 2.5, 5, 10, 20% of each skill (OQ 3)
+    python bench/compose.py --study k                # 2, 3, 4 skills: math, code, units, words (OQ 1)
+    python bench/compose.py --study rank             # skill LoRAs of rank 8, 16, 32, 64 (OQ 2)
+
+Main: for each seed, the demo's pipeline (math and code LoRAs; a data-mix LoRA with as many steps as
+one skill LoRA; CAT with α per layer from 0.5, lr 0.1, on 5% of each skill; linear, cat 0.5/0.5 and
+1/1, ties, dare_ties) scored on `--eval` items of math-code (programs run in the sandbox) and of each
+skill's own eval split; mean and min–max over seeds. Studies reuse the main run's seed-0 adapters
+where they can and score CAT variants the same way. Results go to bench/results/compose.md and
+compose.json (each run adds its study to the JSON and rewrites the markdown from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+TASKS = ("math-code", "math", "code")
+
+
+def quiet(total=None, *a):
+    from contextlib import nullcontext
+
+    return nullcontext(lambda *x: None)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main_study(args) -> dict:
+    from loramix.demo import DemoConfig
+    from loramix.demo_run import run_demo
+
+    runs = []
+    for seed in args.seeds:
+        config = DemoConfig(out=args.work / f"seed{seed}", seed=seed, force=True, rows=args.rows, eval_items=args.eval)
+        doc = run_demo(config, lambda *a: quiet(), lambda *a: quiet(), say)
+        runs.append({"seed": seed, "rows": doc["rows"], "super_linear": doc["super_linear"],
+                     "cat_gain": doc["cat_gain"], "single_gains": doc["single_gains"], "seconds": doc["total_seconds"]})
+        say(f"seed {seed}: {[(r['model'], round(100 * r['math-code'], 1)) for r in doc['rows']]}")
+    return {"runs": runs, "summary": summarise([r["rows"] for r in runs])}
+
+
+def summarise(per_seed: list[list[dict]]) -> list[dict]:
+    """Mean, min and max over seeds of each model's accuracy per task and retention per skill."""
+    out = []
+    for i, row in enumerate(per_seed[0]):
+        rows = [seed_rows[i] for seed_rows in per_seed]
+        entry = {"model": row["model"]}
+        for task in TASKS:
+            entry[task] = spread([r[task] for r in rows])
+        for skill in ("math", "code"):
+            entry[f"kept {skill}"] = spread([r["retention"][skill] for r in rows if r["retention"][skill] is not None])
+        out.append(entry)
+    return out
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "n": len(values)} if values else {}
+
+
+def cat_variant(args, name: str, adapters: list[Path], data: list[str], **options) -> dict:
+    """Fit one CAT variant on seed-0 adapters and score it on every task."""
+    from loramix import fit_cat
+    from loramix.evaluate import EvalConfig, run_eval
+
+    out = args.work / "study" / name
+    config = fit_cat.CatConfig(adapters=adapters, data=data, out=out, force=True, seed=0,
+                               **({"fraction": 0.05, "init": 1 / len(adapters), "lr": 0.1} | options))
+    began = time.perf_counter()
+    fitted = fit_cat.run_fit(config, lambda total: quiet())
+    scores = {}
+    for task, metric in (("math-code", "program"), *[(s, "exact") for s in ("math", "code", "units", "words")]):
+        if task in ("math-code", "math", "code") or f"builtin:{task}" in data:
+            doc = run_eval(EvalConfig(data=f"builtin:{task}", adapters=[out], with_base=False, metric=metric,
+                                      limit=args.eval, max_new_tokens=24, batch_size=64), lambda *a: quiet())
+            scores[task] = doc["models"][0]["score"]
+    say(f"{name}: {scores}")
+    return {"variant": name, "options": {k: v for k, v in options.items()}, "scores": scores,
+            "steps": fitted["steps"], "seconds": round(time.perf_counter() - began, 1)}
+
+
+def seed0(args) -> Path:
+    folder = args.work / "seed0"
+    if not (folder / "math").is_dir():
+        raise SystemExit(f"{folder}: run the main study first (its seed-0 adapters are reused)")
+    return folder
+
+
+def granularity_study(args) -> list[dict]:
+    base = seed0(args)
+    adapters, data = [base / "math", base / "code"], ["builtin:math", "builtin:code"]
+    return [cat_variant(args, f"granularity-{g}", adapters, data, granularity=g) for g in ("global", "layer", "module")]
+
+
+def fraction_study(args) -> list[dict]:
+    base = seed0(args)
+    adapters, data = [base / "math", base / "code"], ["builtin:math", "builtin:code"]
+    return [cat_variant(args, f"fraction-{f}", adapters, data, fraction=f) for f in (0.01, 0.025, 0.05, 0.1, 0.2)]
+
+
+def k_study(args) -> list[dict]:
+    from loramix.demo import DemoConfig
+    from loramix.demo_run import train_skill
+
+    base = seed0(args)
+    skills = ["math", "code", "units", "words"]
+    for skill in skills[2:]:
+        if not (base / skill).is_dir():
+            rows = 8000 if skill == "words" else args.rows  # words needs twice the rows (bench/results/skills.md)
+            train_skill(DemoConfig(out=base, rows=rows), f"builtin:{skill}", base / skill, lambda *a: quiet())
+    return [cat_variant(args, f"k-{k}", [base / s for s in skills[:k]], [f"builtin:{s}" for s in skills[:k]])
+            for k in (2, 3, 4)]
+
+
+def rank_study(args) -> list[dict]:
+    from loramix import train
+
+    out = []
+    for rank in (8, 16, 32, 64):
+        folder = args.work / "study" / f"rank{rank}"
+        for skill in ("math", "code"):
+            if not (folder / skill).is_dir():
+                train.run_training(train.TrainConfig(data=f"builtin:{skill}", out=folder / skill, rank=rank,
+                                                     alpha=2 * rank, limit=args.rows, seed=0), lambda total: quiet())
+        out.append(cat_variant(args, f"rank-{rank}", [folder / "math", folder / "code"],
+                               ["builtin:math", "builtin:code"]))
+    return out
+
+
+STUDIES = {"main": main_study, "granularity": granularity_study, "fraction": fraction_study, "k": k_study,
+           "rank": rank_study}
+
+
+def pct(x: dict | float | None) -> str:
+    if isinstance(x, dict):
+        if not x:
+            return "-"
+        if x["n"] == 1:
+            return f"{100 * x['mean']:.1f}"
+        return f"{100 * x['mean']:.1f} ({100 * x['min']:.1f}–{100 * x['max']:.1f})"
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(doc: dict) -> str:
+    lines = ["# compose results", "", f"Machine: {doc['machine']}", ""]
+    main = doc.get("main")
+    if main:
+        m = main["meta"]
+        lines += ["## Main table", "", f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}, "
+                  f"{m['seconds']:.0f} s). Accuracy in %, mean over seeds {m['seeds']} (min–max); "
+                  f"{m['rows']} training rows per skill, {m['eval']} eval items per task.", "",
+                  "| model | math-code | math | code | kept math | kept code |", "|---|---|---|---|---|---|"]
+        for r in main["summary"]:
+            lines.append(f"| {r['model']} | {pct(r['math-code'])} | {pct(r['math'])} | {pct(r['code'])} | "
+                         f"{pct(r['kept math'])} | {pct(r['kept code'])} |")
+        sl = [r["super_linear"] for r in main["runs"]]
+        lines += ["", f"CAT super-linear on math-code (gain over the base above the single skills' gains together): "
+                  f"{sum(sl)} of {len(sl)} seeds; CAT's gains: "
+                  + ", ".join(f"{100 * r['cat_gain']:+.1f}" for r in main["runs"]) + " points.", ""]
+    for name in ("granularity", "fraction", "k", "rank"):
+        study = doc.get(name)
+        if not study:
+            continue
+        m = study["meta"]
+        lines += [f"## Study: {name}", "", f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}); "
+                  f"CAT on the seed-0 skill LoRAs, {m['eval']} eval items per task, accuracy in %.", "",
+                  "| variant | steps | math-code | math | code | units | words |", "|---|---|---|---|---|---|---|"]
+        for v in study["variants"]:
+            sc = v["scores"]
+            lines.append(f"| {v['variant']} | {v['steps']} | " + " | ".join(pct(sc.get(t)) for t in
+                                                                            ("math-code", "math", "code", "units", "words")) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def meta(args, seconds: float) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {"command": "python bench/compose.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
+            "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "commit": commit,
+            "seeds": args.seeds, "rows": args.rows, "eval": args.eval, "seconds": round(seconds, 1)}
+
+
+def machine() -> str:
+    import os
+    import platform
+    from importlib.metadata import version
+
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), python "
+            f"{platform.python_version()}, torch {version('torch')}, transformers {version('transformers')}, "
+            f"peft {version('peft')}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="LoRA Soups' skill-composition experiment on loramix-tiny.")
+    p.add_argument("--study", choices=list(STUDIES), default="main")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    p.add_argument("--rows", type=int, default=4000, help="training rows per skill LoRA")
+    p.add_argument("--eval", type=int, default=500, help="eval items per task")
+    p.add_argument("--work", type=Path, default=Path("/tmp/loramix-compose"), help="folder for the adapters")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    from loramix import models
+
+    models.quiet_libraries()
+    began = time.perf_counter()
+    result = STUDIES[args.study](args)
+    path = args.results / "compose.json"
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc["machine"] = machine()
+    entry = result if args.study == "main" else {"variants": result}
+    doc[args.study] = {**entry, "meta": meta(args, time.perf_counter() - began)}
+    args.results.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    (args.results / "compose.md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
