@@ -28,7 +28,7 @@ class CatConfig:
     granularity: str = "layer"
     param: str = "free"
     init: float = 1.0
-    lr: float = 1e-2
+    lr: float = 0.1  # α is a few numbers trained for a few dozen steps (bench: 1e-2 barely moves it)
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 16

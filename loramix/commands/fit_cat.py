@@ -16,7 +16,7 @@ def fit_cat(
     granularity: str = typer.Option("layer", "--granularity", help="One α per adapter per layer, per module, or global."),
     param: str = typer.Option("free", "--param", help="free (α itself) or softmax (α = softmax of logits over adapters)."),
     init: float = typer.Option(1.0, "--init", help="Initial α for --param free."),
-    lr: float = typer.Option(1e-2, "--lr", help="Peak learning rate for α."),
+    lr: float = typer.Option(0.1, "--lr", help="Peak learning rate for α."),
     epochs: int = typer.Option(1, "--epochs", help="Passes over the mixed rows."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many optimizer steps (overrides --epochs)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Rows per forward pass."),
