@@ -63,11 +63,6 @@ def test_list_methods_shows_the_registry():
     assert all(m["paper"].startswith("https://") for m in doc["methods"])
 
 
-def test_demo_says_not_yet():
-    result = invoke("demo")
-    assert result.exit_code == 1 and "not yet" in result.stderr
-
-
 def test_module_entry_point_and_version():
     proc = subprocess.run([sys.executable, "-m", "loramix", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == f"loramix {__version__}"
