@@ -35,7 +35,8 @@ RESULTS = ROOT / "bench" / "results"
 TASKS = ("math-code", "math", "code")
 
 
-def quiet(total=None, *a):
+def quiet(*_):
+    """A progress reporter that reports nothing (any of the job functions' progress signatures)."""
     from contextlib import nullcontext
 
     return nullcontext(lambda *x: None)
@@ -52,7 +53,7 @@ def main_study(args) -> dict:
     runs = []
     for seed in args.seeds:
         config = DemoConfig(out=args.work / f"seed{seed}", seed=seed, force=True, rows=args.rows, eval_items=args.eval)
-        doc = run_demo(config, lambda *a: quiet(), lambda *a: quiet(), say)
+        doc = run_demo(config, quiet, quiet, say)
         runs.append({"seed": seed, "rows": doc["rows"], "super_linear": doc["super_linear"],
                      "cat_gain": doc["cat_gain"], "single_gains": doc["single_gains"], "seconds": doc["total_seconds"]})
         say(f"seed {seed}: {[(r['model'], round(100 * r['math-code'], 1)) for r in doc['rows']]}")
@@ -86,12 +87,12 @@ def cat_variant(args, name: str, adapters: list[Path], data: list[str], **option
     config = fit_cat.CatConfig(adapters=adapters, data=data, out=out, force=True, seed=0,
                                **({"fraction": 0.05, "init": 1 / len(adapters), "lr": 0.1} | options))
     began = time.perf_counter()
-    fitted = fit_cat.run_fit(config, lambda total: quiet())
+    fitted = fit_cat.run_fit(config, quiet)
     scores = {}
     for task, metric in (("math-code", "program"), *[(s, "exact") for s in ("math", "code", "units", "words")]):
         if task in ("math-code", "math", "code") or f"builtin:{task}" in data:
             doc = run_eval(EvalConfig(data=f"builtin:{task}", adapters=[out], with_base=False, metric=metric,
-                                      limit=args.eval, max_new_tokens=24, batch_size=64), lambda *a: quiet())
+                                      limit=args.eval, max_new_tokens=24, batch_size=64), quiet)
             scores[task] = doc["models"][0]["score"]
     say(f"{name}: {scores}")
     return {"variant": name, "options": {k: v for k, v in options.items()}, "scores": scores,
@@ -126,7 +127,7 @@ def k_study(args) -> list[dict]:
     for skill in skills[2:]:
         if not (base / skill).is_dir():
             rows = 8000 if skill == "words" else args.rows  # words needs twice the rows (bench/results/skills.md)
-            train_skill(DemoConfig(out=base, rows=rows), f"builtin:{skill}", base / skill, lambda *a: quiet())
+            train_skill(DemoConfig(out=base, rows=rows), f"builtin:{skill}", base / skill, quiet)
     return [cat_variant(args, f"k-{k}", [base / s for s in skills[:k]], [f"builtin:{s}" for s in skills[:k]])
             for k in (2, 3, 4)]
 
@@ -140,7 +141,7 @@ def rank_study(args) -> list[dict]:
         for skill in ("math", "code"):
             if not (folder / skill).is_dir():
                 train.run_training(train.TrainConfig(data=f"builtin:{skill}", out=folder / skill, rank=rank,
-                                                     alpha=2 * rank, limit=args.rows, seed=0), lambda total: quiet())
+                                                     alpha=2 * rank, limit=args.rows, seed=0), quiet)
         out.append(cat_variant(args, f"rank-{rank}", [folder / "math", folder / "code"],
                                ["builtin:math", "builtin:code"]))
     return out

@@ -50,6 +50,8 @@ import zlib
 from importlib.metadata import version
 from pathlib import Path
 
+from procstats import busy_seconds, other_load, reset_peak_rss, rss_bytes  # bench/procstats.py
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BASE_NAME = "bench/fit-cat-speed-llama"
 B_STD = 0.01  # trained LoRA B factors are small but non-zero
@@ -201,11 +203,6 @@ def timed_steps(model, ids, warmup: int, repeats: int) -> list[float]:
 # ---------------------------------------------------------------- memory and load of one process
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-
-
 def settle_and_reset_peak() -> bool:
     """Free what setup left behind (gc, malloc_trim), then reset the RSS high-water mark."""
     import ctypes
@@ -214,26 +211,7 @@ def settle_and_reset_peak() -> bool:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def busy_seconds() -> tuple[float, float]:
-    """(CPU seconds all processes were busy, CPU seconds of this process)."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    own = os.times()
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
-def other_load(before: tuple[float, float], after: tuple[float, float], wall: float) -> float:
-    """Share of the machine's CPU capacity used by other processes during `wall` seconds."""
-    others = (after[0] - before[0]) - (after[1] - before[1])
-    return max(others, 0.0) / (max(wall, 1e-9) * os.cpu_count())
+    return reset_peak_rss()
 
 
 # ---------------------------------------------------------------- the worker (one fresh process per run)
@@ -359,7 +337,7 @@ def worker_table(results: dict) -> list[str]:
         for i, r in enumerate(runs):
             steps = ", ".join(f"{1000 * t:.1f}" for t in r["times"])
             lines.append(f"| {key} | {i + 1} | {r['trainable']} | {steps} | {mb(r['rss_setup'])} | {mb(r['peak'])} | "
-                         f"{100 * r['other_load']:.0f}% |")
+                         + ("- |" if r["other_load"] is None else f"{100 * r['other_load']:.0f}% |"))
     return lines
 
 
