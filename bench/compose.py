@@ -47,8 +47,8 @@ def say(text: str) -> None:
 
 
 def main_study(args) -> dict:
-    from loramix.demo import DemoConfig
-    from loramix.demo_run import run_demo
+    from loramix.demo.plan import DemoConfig
+    from loramix.demo.run import run_demo
 
     runs = []
     for seed in args.seeds:
@@ -80,14 +80,14 @@ def spread(values: list[float]) -> dict:
 
 def cat_variant(args, name: str, adapters: list[Path], data: list[str], **options) -> dict:
     """Fit one CAT variant on seed-0 adapters and score it on every task."""
-    from loramix import fit_cat
-    from loramix.evaluate import EvalConfig, run_eval
+    from loramix.soup import fit
+    from loramix.evaluate.job import EvalConfig, run_eval
 
     out = args.work / "study" / name
-    config = fit_cat.CatConfig(adapters=adapters, data=data, out=out, force=True, seed=0,
+    config = fit.CatConfig(adapters=adapters, data=data, out=out, force=True, seed=0,
                                **({"fraction": 0.05, "init": 1 / len(adapters), "lr": 0.1} | options))
     began = time.perf_counter()
-    fitted = fit_cat.run_fit(config, quiet)
+    fitted = fit.run_fit(config, quiet)
     scores = {}
     for task, metric in (("math-code", "program"), *[(s, "exact") for s in ("math", "code", "units", "words")]):
         if task in ("math-code", "math", "code") or f"builtin:{task}" in data:
@@ -119,8 +119,8 @@ def fraction_study(args) -> list[dict]:
 
 
 def k_study(args) -> list[dict]:
-    from loramix.demo import DemoConfig
-    from loramix.demo_run import train_skill
+    from loramix.demo.plan import DemoConfig
+    from loramix.demo.run import train_skill
 
     base = seed0(args)
     skills = ["math", "code", "units", "words"]
@@ -133,14 +133,14 @@ def k_study(args) -> list[dict]:
 
 
 def rank_study(args) -> list[dict]:
-    from loramix import train
+    from loramix.train import loop
 
     out = []
     for rank in (8, 16, 32, 64):
         folder = args.work / "study" / f"rank{rank}"
         for skill in ("math", "code"):
             if not (folder / skill).is_dir():
-                train.run_training(train.TrainConfig(data=f"builtin:{skill}", out=folder / skill, rank=rank,
+                loop.run_training(loop.TrainConfig(data=f"builtin:{skill}", out=folder / skill, rank=rank,
                                                      alpha=2 * rank, limit=args.rows, seed=0), quiet)
         out.append(cat_variant(args, f"rank-{rank}", [folder / "math", folder / "code"],
                                ["builtin:math", "builtin:code"]))
@@ -219,7 +219,7 @@ def main(argv=None) -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/loramix-compose"), help="folder for the adapters")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    from loramix import models
+    from loramix.core import models
 
     models.quiet_libraries()
     began = time.perf_counter()

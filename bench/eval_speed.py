@@ -11,7 +11,7 @@ in this one process, alternating `--repeats` times:
 
 - naive: for each prompt, `model.generate(input_ids=[prompt], max_new_tokens, do_sample=False)`
   with the same newline stop (one StopStringCriteria, built once), the text cut before it;
-- loramix: `loramix.generation.generate` as `eval` runs it: prompts sorted by length, left-padded
+- loramix: `loramix.evaluate.generation.generate` as `eval` runs it: prompts sorted by length, left-padded
   batches with the KV cache, the newline as a stop string that ends a row early.
 
 Both must give the same text and the same number of tokens (checked). Throughput is the tokens
@@ -41,7 +41,7 @@ def naive(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> tu
     """One generate() call per prompt, stopping at a newline; (texts cut there, tokens generated)."""
     import torch
 
-    from loramix.generation import stop_criteria
+    from loramix.evaluate.generation import stop_criteria
 
     criteria, texts, tokens = stop_criteria(tokenizer, ("\n",)), [], 0
     for p in prompts:
@@ -58,7 +58,7 @@ def naive(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> tu
 
 
 def batched(model, tokenizer, prompts, max_new_tokens: int, batch_size: int) -> tuple[list[str], int]:
-    from loramix import generation
+    from loramix.evaluate import generation
 
     out = generation.generate(model, tokenizer, prompts, max_new_tokens, batch_size, stops=("\n",))
     return [g.text for g in out], sum(g.tokens for g in out)
@@ -73,7 +73,9 @@ def timed(fn, *args):
 def measure(args) -> dict:
     import torch
 
-    from loramix import data, generation, models
+    from loramix.core import data
+    from loramix.evaluate import generation
+    from loramix.core import models
 
     threads = models.set_threads(args.threads)
     path = models.bundled_path()

@@ -12,7 +12,7 @@ seven projections, A ~ N(0, 1/in), B ~ N(0, 0.01²), are written by PEFT into a 
 every variant loads the same weights. A step, on one fixed random token batch (labels = input_ids):
 forward, backward, gradient clipping, AdamW, zero_grad, as in loramix's training loop. Variants:
 
-- fit-cat: `loramix.cat.wrap(model, adapters, "layer", "free", 1.0)`; α (layers, k) trains;
+- fit-cat: `loramix.soup.layer.wrap(model, adapters, "layer", "free", 1.0)`; α (layers, k) trains;
 - peft: `PeftModel.from_pretrained` + `load_adapter`, all k active (`base_model.set_adapter`),
   LoRA weights frozen, and a trainable (layers, k) scale applied by a forward hook on each
   adapter's `lora_A` output (r values per token, the cheapest place; `--peft-scale-on lora_B`);
@@ -132,12 +132,12 @@ def setup_base(args, folder: Path, k: int):
 
 
 def setup_cat(args, folder: Path, k: int):
-    from loramix import cat
-    from loramix.adapters import read_adapter
+    from loramix.soup import layer
+    from loramix.core.adapters import read_adapter
 
     model = build_model(args)
     adapters = [read_adapter(folder / f"a{i}") for i in range(k)]
-    cat.wrap(model, adapters, granularity="layer", param="free", init=1.0)
+    layer.wrap(model, adapters, granularity="layer", param="free", init=1.0)
     return model.train()  # `adapters` is dropped here: the CatLinears hold the concatenated copies
 
 
@@ -223,7 +223,7 @@ def worker(args) -> dict:
 
     import torch
 
-    for name in ("peft", "loramix.cat"):  # every variant imports the same libraries, so their RSS is alike
+    for name in ("peft", "loramix.soup.layer"):  # every variant imports the same libraries, so their RSS is alike
         importlib.import_module(name)
 
     torch.set_num_threads(args.threads)

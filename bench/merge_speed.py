@@ -119,7 +119,7 @@ def fill_lora(A, B, adapter: int, name: str) -> None:
 def loramix_inputs(modules):
     """Two in-memory loramix Adapters."""
     import torch
-    from loramix.adapters import Adapter, LoraModule
+    from loramix.core.adapters import Adapter, LoraModule
 
     adapters = []
     for i in range(len(NAMES)):
@@ -190,7 +190,7 @@ def factor_bytes(modules) -> int:
 
 def run_loramix(run: Run, adapters):
     """Merge with loramix; returns ({name: (A, B, scale)}, {name: seconds}, total seconds, reported errors)."""
-    from loramix.merge import REGISTRY
+    from loramix.merge.methods import REGISTRY
     from loramix.merge.engine import MergeOptions, merge_to_factors
 
     opts = MergeOptions(weights=[1.0, 1.0], density=run.density, rank=run.rank)
@@ -290,7 +290,7 @@ def optimal_trunc_err(full, rank: int) -> float:
 
 def loramix_own_full(run: Run, adapters) -> Callable:
     """name -> loramix's full-rank merged delta (same seed, so the same drops as the timed merge)."""
-    from loramix.merge import REGISTRY
+    from loramix.merge.methods import REGISTRY
     from loramix.merge.engine import MergeOptions, merge_module
 
     opts = MergeOptions(weights=[1.0, 1.0], density=run.density, rank=run.rank)

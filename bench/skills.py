@@ -24,7 +24,7 @@ COMPOSITE = "math-code"
 
 
 def train_all(skills: list[str], folder: Path, threads: int | None, seed: int) -> dict:
-    from loramix.train import TrainConfig, run_training
+    from loramix.train.loop import TrainConfig, run_training
     from contextlib import nullcontext
 
     logs = {}
@@ -42,7 +42,10 @@ def train_all(skills: list[str], folder: Path, threads: int | None, seed: int) -
 def score_all(skills: list[str], folder: Path, eval_limit: int) -> dict:
     from peft import PeftModel
 
-    from loramix import data, generation, metrics, models
+    from loramix.core import data
+    from loramix.evaluate import generation
+    from loramix.evaluate import metrics
+    from loramix.core import models
 
     path = models.resolve_base(models.BUNDLED)
     tokenizer = models.load_tokenizer(path)

@@ -1,3 +1,3 @@
-from loramix.cli import main
+from loramix.cli.app import main
 
 main()

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from loramix.adapters import (
+from loramix.core.adapters import (
     Adapter,
     LoraModule,
     check_compatible,
@@ -19,7 +19,7 @@ from loramix.adapters import (
     read_adapter,
     write_adapter,
 )
-from loramix.errors import AdapterError
+from loramix.core.errors import AdapterError
 from tests.helpers import TARGETS, make_adapter
 
 LAYERS = 2

@@ -1,4 +1,4 @@
-"""The CAT layer (loramix/cat.py): one concatenated low-rank product per module equals the
+"""The CAT layer (loramix/layer.py): one concatenated low-rank product per module equals the
 adapters applied separately, only α learns, and folding α into B is exact."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix import cat
-from loramix.adapters import read_adapter
+from loramix.soup import layer
+from loramix.core.adapters import read_adapter
 from tests.helpers import delta_logits, logits, make_adapter
 
 
@@ -26,20 +26,20 @@ def _wrapped(base_dir, paths, **kw):
 
     model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
     adapters = [read_adapter(p) for p in paths]
-    alpha, labels, group = cat.wrap(model, adapters, **kw)
+    alpha, labels, group = layer.wrap(model, adapters, **kw)
     return model, adapters, alpha, labels, group
 
 
 def test_groups_per_granularity():
     names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj"]
-    assert cat.groups(names, "layer") == (["0", "1"], {names[0]: 0, names[1]: 0, names[2]: 1})
-    assert cat.groups(names, "module")[1] == {names[0]: 0, names[1]: 1, names[2]: 2}
-    assert cat.groups(names, "global") == (["all"], {n: 0 for n in names})
-    assert cat.layer_of("transformer.h.11.attn.c_attn") == 11
-    from loramix.errors import InputError
+    assert layer.groups(names, "layer") == (["0", "1"], {names[0]: 0, names[1]: 0, names[2]: 1})
+    assert layer.groups(names, "module")[1] == {names[0]: 0, names[1]: 1, names[2]: 2}
+    assert layer.groups(names, "global") == (["all"], {n: 0 for n in names})
+    assert layer.layer_of("transformer.h.11.attn.c_attn") == 11
+    from loramix.core.errors import InputError
 
     with pytest.raises(InputError, match="no layer index"):
-        cat.layer_of("multi_modal_projector.linear_1")
+        layer.layer_of("multi_modal_projector.linear_1")
 
 
 def test_alpha_one_is_the_exact_sum_of_the_adapters(base_dir, three):
@@ -59,7 +59,7 @@ def test_layerwise_alpha_weights_each_layer_and_folds_exactly(base_dir, three):
         alpha.raw.copy_(torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.0, 0.25]]))
     deltas = {}
     for name in group:
-        A, B = cat.fold([a.modules.get(name) for a in adapters], alpha()[group[name]])
+        A, B = layer.fold([a.modules.get(name) for a in adapters], alpha()[group[name]])
         deltas[name] = B @ A
     assert torch.allclose(logits(model), delta_logits(base_dir, deltas), atol=1e-5)
 
@@ -78,19 +78,19 @@ def test_bad_choices_are_refused(base_dir, three):
     with pytest.raises(ValueError, match="granularity"):
         _wrapped(base_dir, three[:2], granularity="block")
     with pytest.raises(ValueError, match="param"):
-        cat.CatAlpha(2, 2, param="sigmoid")
+        layer.CatAlpha(2, 2, param="sigmoid")
 
 
 @pytest.mark.parametrize("profile", ["peft", "portable"])
 def test_the_folded_adapter_reloads_in_peft_with_the_fitted_logits(base_dir, three, tmp_path, profile):
-    from loramix.adapters import write_adapter
-    from loramix.profiles import layout
+    from loramix.core.adapters import write_adapter
+    from loramix.core.profiles import layout
     from tests.helpers import peft_logits
 
     model, adapters, alpha, _, group = _wrapped(base_dir, three)
     with torch.no_grad():
         alpha.raw.copy_(torch.tensor([[0.7, 1.3, -0.4], [0.2, 0.9, 1.1]]))
-    config, factors = layout(cat.folded_factors(adapters, alpha.raw.detach(), "free", group), profile, adapters[0].config,
+    config, factors = layout(layer.folded_factors(adapters, alpha.raw.detach(), "free", group), profile, adapters[0].config,
                              str(base_dir), torch.float32)
     out = tmp_path / "merged"
     out.mkdir()
@@ -122,10 +122,10 @@ def test_softmax_shares_alpha_among_the_adapters_a_module_has(base_dir, three):
         present = [m for m in modules if m is not None]
         deltas[name] = sum(w * m.delta() for w, m in zip(weights, present))
     assert torch.allclose(logits(model), delta_logits(base_dir, deltas), atol=1e-5)
-    folded = cat.folded_factors(adapters, alpha.raw.detach(), "softmax", group)
+    folded = layer.folded_factors(adapters, alpha.raw.detach(), "softmax", group)
     for name, (A, B) in folded.items():
         assert torch.allclose(B @ A, deltas[name], atol=1e-6)
-    table = cat.group_table(adapters, alpha.raw.detach(), "softmax", group)
+    table = layer.group_table(adapters, alpha.raw.detach(), "softmax", group)
     assert all(row[2] is not None for row in table)  # c is present in every layer (q, v)
 
 

@@ -18,12 +18,12 @@ import pytest
 import typer
 import typer.main
 
-from loramix import completions
-from loramix.cli import app
+from loramix.cli import completions
+from loramix.cli.app import app
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "completions"
 BASH, ZSH, FISH = (SCRIPTS / completions.FILES[shell] for shell in ("bash", "zsh", "fish"))
-REGENERATE = "run `python -m loramix.completions` and commit the result"
+REGENERATE = "run `python -m loramix.cli.completions` and commit the result"
 
 
 def app_tree() -> dict[str, set[str]]:
@@ -73,7 +73,7 @@ def test_committed_scripts_are_what_the_generator_writes_now():
 def test_check_flag_names_stale_files_writes_nothing_and_passes_once_written(tmp_path, capsys):
     assert completions.main(["--check", "--dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert all(name in err for name in completions.FILES.values()) and "python -m loramix.completions" in err
+    assert all(name in err for name in completions.FILES.values()) and "python -m loramix.cli.completions" in err
     assert list(tmp_path.iterdir()) == []
     assert completions.main(["--dir", str(tmp_path)]) == 0
     assert completions.main(["--check", "--dir", str(tmp_path)]) == 0
@@ -118,7 +118,7 @@ def test_fish_offers_each_command_its_own_options():
 
 
 def test_bash_offers_the_registered_merge_methods():
-    from loramix.merge import REGISTRY
+    from loramix.merge.methods import REGISTRY
 
     assert sorted(bash_complete("loramix", "merge", "--method", "")) == sorted(REGISTRY)
     assert sorted(bash_complete("loramix", "merge", "--method", "=", "")) == sorted(REGISTRY)  # --method=<TAB>

@@ -1,4 +1,4 @@
-"""`loramix.data` (DESIGN §1): the three JSONL row formats and builtin:NAME[:SPLIT], every refusal
+"""`loramix.core.data` (DESIGN §1): the three JSONL row formats and builtin:NAME[:SPLIT], every refusal
 naming its file and line, the digest, and tokenization on a real (built-in-code) tokenizer."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from loramix import data
-from loramix.data import IGNORE, Dataset, check_row, collate, kind, load, tokenize
-from loramix.errors import EXIT_USAGE, InputError
+from loramix.core import data
+from loramix.core.data import IGNORE, Dataset, check_row, collate, kind, load, tokenize
+from loramix.core.errors import EXIT_USAGE, InputError
 from loramix.zoo.skills import SKILLS, rows
 
 PROMPT = {"prompt": "Problem: 2 + 2\nAnswer:", "completion": " 4"}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix import data, generation, models
+from loramix.core import data
+from loramix.evaluate import generation
+from loramix.core import models
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from loramix import metrics
+from loramix.evaluate import metrics
 
 
 @pytest.mark.parametrize("output, reference, expected", [

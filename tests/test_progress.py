@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from loramix import render
+from loramix.cli import render
 
 FIELDS = {"loss": 0.1234, "tokens_per_s": 2500.0, "val_loss": None}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from loramix import sandbox
-from loramix.sandbox import PREFIX, Limits, run_program, run_programs
+from loramix.evaluate import sandbox
+from loramix.evaluate.sandbox import PREFIX, Limits, run_program, run_programs
 
 FAST = Limits(timeout=1, cpu_seconds=1)
 

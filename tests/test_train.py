@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix import data, train
-from loramix.train import TrainConfig
+from loramix.core import data
+from loramix.train import loop
+from loramix.train.loop import TrainConfig
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
-    lrs = [train.learning_rate(s, 100, 1.0, 10) for s in range(100)]
+    lrs = [loop.learning_rate(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[-1] < 0.001 and lrs[55] == pytest.approx(0.5, abs=0.01)
@@ -18,43 +19,43 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 
 def test_every_example_is_used_once_per_epoch_in_a_seeded_order():
     config = TrainConfig(data="x", out=None, batch_size=3, grad_accum=2, seed=5)
-    run = train.Run(config, None, None, list(range(20)), [], "cpu", steps=8, steps_per_epoch=4)
-    epoch0 = [x for s in range(4) for batch in train.step_batches(run, s) for x in batch]
-    epoch1 = [x for s in range(4, 8) for batch in train.step_batches(run, s) for x in batch]
+    run = loop.Run(config, None, None, list(range(20)), [], "cpu", steps=8, steps_per_epoch=4)
+    epoch0 = [x for s in range(4) for batch in loop.step_batches(run, s) for x in batch]
+    epoch1 = [x for s in range(4, 8) for batch in loop.step_batches(run, s) for x in batch]
     assert sorted(epoch0) == sorted(epoch1) == list(range(20))
     assert epoch0 != epoch1  # reshuffled each epoch
-    assert [len(b) for b in train.step_batches(run, 0)] == [3, 3]
-    assert epoch0 == [x for s in range(4) for batch in train.step_batches(run, s) for x in batch]
+    assert [len(b) for b in loop.step_batches(run, 0)] == [3, 3]
+    assert epoch0 == [x for s in range(4) for batch in loop.step_batches(run, s) for x in batch]
 
 
 def test_validation_split_is_seeded_and_disjoint():
     rows = list(range(100))
-    tr, va = train.split_rows(rows, 0.1, seed=1)
+    tr, va = loop.split_rows(rows, 0.1, seed=1)
     assert len(va) == 10 and not set(tr) & set(va) and sorted(tr + va) == rows
-    assert train.split_rows(rows, 0.1, seed=1) == (tr, va)
-    assert train.split_rows(rows, 0.1, seed=2)[1] != va
-    assert train.split_rows(rows, 0.0, seed=1)[1] == []
+    assert loop.split_rows(rows, 0.1, seed=1) == (tr, va)
+    assert loop.split_rows(rows, 0.1, seed=2)[1] != va
+    assert loop.split_rows(rows, 0.0, seed=1)[1] == []
 
 
 def _short_run(out, **kw):
     options = dict(data="builtin:math", out=out, limit=256, batch_size=16, max_steps=16, rank=8,
                    threads=1, val_fraction=0.0)
     options.update(kw)
-    return train.prepare(TrainConfig(**options))
+    return loop.prepare(TrainConfig(**options))
 
 
 def test_short_run_lowers_eval_loss_and_the_adapter_reloads_in_peft(tmp_path):
     from peft import PeftModel
 
-    from loramix import models
+    from loramix.core import models
 
     run = _short_run(tmp_path / "math")
     run.val = [data.tokenize(r, run.tokenizer, 256) for r in data.load("builtin:math:eval", 64).rows]
-    before = train.validation_loss(run)
-    history = train.fit(run, lambda *_: None)
-    after = train.validation_loss(run)
+    before = loop.validation_loss(run)
+    history = loop.fit(run, lambda *_: None)
+    after = loop.validation_loss(run)
     assert after < 0.7 * before, (before, after)
-    train.save(run, history)
+    loop.save(run, history)
     batch = data.collate(run.val[:4], run.tokenizer.pad_token_id)
     with torch.no_grad():
         ours = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -70,7 +71,7 @@ def test_text_rows_train_on_every_token(tmp_path):
     rows.write_text("".join(f'{{"text": "print({i} * {i + 1})"}}\n' for i in range(40)))
     run = _short_run(tmp_path / "out", data=str(rows), max_steps=2, batch_size=8)
     assert all(all(t != data.IGNORE for t in labels) for _, labels in run.train)
-    history = train.fit(run, lambda *_: None)
+    history = loop.fit(run, lambda *_: None)
     assert len(history["loss"]) == 2 and history["tokens"] > 0
 
 
@@ -79,7 +80,7 @@ TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{% generati
 
 
 def test_messages_rows_learn_only_the_assistant_turns():
-    from loramix import models
+    from loramix.core import models
 
     tokenizer = models.load_tokenizer(models.bundled_path())
     tokenizer.chat_template = TEMPLATE
@@ -91,7 +92,7 @@ def test_messages_rows_learn_only_the_assistant_turns():
 
 
 def test_prompt_and_completion_split_where_the_whole_is_tokenized():
-    from loramix import models
+    from loramix.core import models
 
     tokenizer = models.load_tokenizer(models.bundled_path())
     prompt, completion = data.split_tokens(tokenizer, "Task: x\nCode:", " print(12)")

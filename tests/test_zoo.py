@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from loramix import models
-from loramix.zoo import pretrain
+from loramix.core import models
+from loramix.train import pretrain
 from loramix.zoo.skills import SKILLS, rows
 
 
@@ -25,7 +25,7 @@ def test_bundled_model_is_small_and_loads_with_auto_classes():
 def test_pretraining_is_recorded_for_a_rebuild():
     record = json.loads((models.bundled_path() / "pretrain.json").read_text())
     assert record["seed"] == 0 and record["steps"] >= 1000
-    assert record["rebuild"].startswith("python -m loramix.zoo.pretrain")
+    assert record["rebuild"].startswith("python -m loramix.train.pretrain")
     assert record["held_out_loss"] < 1.5 and record["seconds"] < 30 * 60
 
 

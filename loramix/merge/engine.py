@@ -12,8 +12,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from loramix.adapters import Adapter, LoraModule
-from loramix.merge.base import MergeMethod
+from loramix.core.adapters import Adapter, LoraModule
+from loramix.merge.methods.base import MergeMethod
 from loramix.merge.factor import factor_full, truncate_lowrank
 from loramix.merge.ops import kth_largest_abs, magnitude_keep, random_keep, row_spans
 

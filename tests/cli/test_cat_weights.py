@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from loramix import models
-from loramix.adapters import read_adapter
-from loramix.cli import app
+from loramix.core import models
+from loramix.core.adapters import read_adapter
+from loramix.cli.app import app
 from tests.helpers import make_adapter
 
 runner = CliRunner(env={"COLUMNS": "1000"})

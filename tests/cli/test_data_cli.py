@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from loramix.cli import app
+from loramix.cli.app import app
 from loramix.zoo.skills import SKILLS, rows
 
 runner = CliRunner()

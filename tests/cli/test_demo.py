@@ -8,8 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from loramix import demo, models
-from loramix.cli import app
+from loramix.demo import plan
+from loramix.core import models
+from loramix.cli.app import app
 
 runner = CliRunner(env={"COLUMNS": "1000"})
 NAMES = ["base", "math", "code", "data mix", "CAT", "linear .5/.5", "cat .5/.5", "cat 1/1", "ties", "dare_ties"]
@@ -39,7 +40,7 @@ def test_the_table_has_every_model(quick):
     assert "CAT's gain on math-code over the base" in result.stdout and "α per layer" in result.stdout
     assert f"loramix fit-cat {out}/math {out}/code" in result.stdout  # the shell equivalents, unwrapped
     for task in ("math-code", "math", "code"):
-        assert json.loads((out / f"eval-{task}.json").read_text())["items"] == demo.BUDGETS["quick"]["eval"]
+        assert json.loads((out / f"eval-{task}.json").read_text())["items"] == plan.BUDGETS["quick"]["eval"]
 
 
 def test_every_adapter_it_wrote_reloads_in_peft(quick):
@@ -50,7 +51,7 @@ def test_every_adapter_it_wrote_reloads_in_peft(quick):
     ids = torch.randint(3, 900, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         plain = base(input_ids=ids).logits
-    folders = [folder for _, folder in demo.models_in_order() if folder]
+    folders = [folder for _, folder in plan.models_in_order() if folder]
     assert len(folders) == 9
     for folder in folders:
         model = PeftModel.from_pretrained(base, out / folder)

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from loramix import models
-from loramix.cli import app
+from loramix.core import models
+from loramix.cli.app import app
 from tests.helpers import make_adapter
 
 runner = CliRunner(env={"COLUMNS": "1000"})
@@ -120,7 +120,7 @@ def test_adapters_from_another_base_are_refused(pair, base_dir, tmp_path):
 
 
 def test_program_metric_runs_each_output_in_the_sandbox(pair, tmp_path, monkeypatch):
-    from loramix import generation
+    from loramix.evaluate import generation
 
     rows = [{"prompt": "a", "completion": " print(2 * 3)", "answer": 6},
             {"prompt": "b", "completion": " print(7)", "answer": 7},
@@ -179,7 +179,7 @@ def test_chat_rows_need_a_chat_template(tmp_path):
 
 
 def test_few_shot_goes_before_the_first_user_turn(tmp_path):
-    from loramix import generation
+    from loramix.evaluate import generation
 
     tokenizer = models.load_tokenizer(_chat_base(tmp_path))
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
@@ -191,7 +191,7 @@ def test_few_shot_goes_before_the_first_user_turn(tmp_path):
 def test_the_models_own_end_tokens_stop_generation():
     from types import SimpleNamespace
 
-    from loramix import generation
+    from loramix.evaluate import generation
 
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[2, 262]))
     assert generation.end_tokens(model, SimpleNamespace(eos_token_id=2)) == [2, 262]
@@ -199,7 +199,7 @@ def test_the_models_own_end_tokens_stop_generation():
 
 
 def test_row_names_are_unique_and_never_base(tmp_path):
-    from loramix.evaluate import model_names
+    from loramix.evaluate.job import model_names
 
     paths = [tmp_path / "x" / "base", tmp_path / "p1" / "run" / "soup", tmp_path / "p2" / "run" / "soup", tmp_path / "m"]
     assert model_names(paths) == ["x/base", "p1/run/soup", "p2/run/soup", "m"]
@@ -208,7 +208,7 @@ def test_row_names_are_unique_and_never_base(tmp_path):
 def test_loss_is_the_mean_completion_token_cross_entropy(pair):
     import torch
 
-    from loramix import data
+    from loramix.core import data
 
     result = _eval("-d", "builtin:math", "-m", "loss", "--limit", "6", "--threads", "1", "--json")
     assert result.exit_code == 0, result.stderr
@@ -255,7 +255,7 @@ def test_stop_strings_and_few_shot_reach_generation(pair, tmp_path):
 
 
 def test_numeric_metric_end_to_end(tmp_path, monkeypatch):
-    from loramix import generation
+    from loramix.evaluate import generation
 
     rows = [{"prompt": "a", "completion": " 6", "answer": 6}, {"prompt": "b", "completion": " it is 7.5"},
             {"prompt": "c", "completion": " 3", "answer": 3}]

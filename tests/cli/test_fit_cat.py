@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from loramix import cat, models
-from loramix.adapters import read_adapter
-from loramix.cli import app
+from loramix.soup import layer
+from loramix.core import models
+from loramix.core.adapters import read_adapter
+from loramix.cli.app import app
 from tests.helpers import make_adapter
 
 runner = CliRunner(env={"COLUMNS": "1000"})
@@ -81,7 +82,7 @@ def test_the_written_adapter_is_the_fitted_model(skills, tmp_path):
     with torch.no_grad():
         reloaded = PeftModel.from_pretrained(base, tmp_path / "soup")(input_ids=ids).logits
         fitted = models.load_model(models.bundled_path(), torch.float32, "cpu")
-        a, _, _ = cat.wrap(fitted, [read_adapter(skills[k]) for k in ("math", "noise", "zero")], "module", "free")
+        a, _, _ = layer.wrap(fitted, [read_adapter(skills[k]) for k in ("math", "noise", "zero")], "module", "free")
         a.raw.copy_(alpha)
         assert torch.allclose(fitted(input_ids=ids).logits, reloaded, atol=1e-4)
 
@@ -102,7 +103,7 @@ def test_four_bit_base_fits_on_the_cpu(skills, tmp_path):
         if isinstance(m, torch.nn.Dropout):
             m.eval()
     fitted = four_bit()
-    a, _, _ = cat.wrap(fitted, [read_adapter(skills[k]) for k in ("math", "noise")], "layer", "free")
+    a, _, _ = layer.wrap(fitted, [read_adapter(skills[k]) for k in ("math", "noise")], "layer", "free")
     with torch.no_grad():
         a.raw.copy_(alpha)
         assert torch.allclose(fitted(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-3)
@@ -142,11 +143,12 @@ def test_the_same_adapter_twice_is_refused(skills, tmp_path):
 
 def test_the_best_validation_alpha_is_the_one_written(skills, tmp_path, monkeypatch):
     """Validation losses dip at the second check: the α of that step is written, not the last."""
-    from loramix import fit_cat, train
+    from loramix.soup.fit import TENSOR_NAME
+    from loramix.train import loop
 
     losses, seen = iter([5.0, 4.0, 1.0, 3.0, 3.5, 3.6, 3.7]), {}
-    monkeypatch.setattr(train, "validation_loss", lambda run: next(losses))
-    real_fit = train.fit
+    monkeypatch.setattr(loop, "validation_loss", lambda run: next(losses))
+    real_fit = loop.fit
 
     def fit(run, report, stop, on_stop):
         def spy(step, fields):
@@ -155,7 +157,7 @@ def test_the_best_validation_alpha_is_the_one_written(skills, tmp_path, monkeypa
             report(step, fields)
         return real_fit(run, spy, stop, on_stop)
 
-    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(loop, "fit", fit)
     result = _fit(tmp_path / "soup", skills["math"], skills["noise"], "--data", "builtin:math", "--fraction", "0.05",
                   "--lr", "0.05")
     alpha = _alpha(result)
@@ -165,7 +167,7 @@ def test_the_best_validation_alpha_is_the_one_written(skills, tmp_path, monkeypa
     assert [v["loss"] for v in doc["val_loss"]][:4] == [5.0, 4.0, 1.0, 3.0] and doc["val_loss"][0]["step"] == 0
     assert torch.allclose(alpha, seen[second], atol=1e-6) and not torch.allclose(alpha, seen[max(seen)])
     written = load_file(str(tmp_path / "soup" / "cat_weights.safetensors"))
-    assert torch.allclose(written["raw"], seen[second]) and fit_cat.TENSOR_NAME == "cat_weights.safetensors"
+    assert torch.allclose(written["raw"], seen[second]) and TENSOR_NAME == "cat_weights.safetensors"
 
 
 def test_empty_data_is_refused(skills, tmp_path):
@@ -180,9 +182,9 @@ def test_ctrl_c_writes_the_best_alpha_so_far_and_exits_130(skills, tmp_path, mon
     import os
     import signal
 
-    from loramix import train
+    from loramix.train import loop
 
-    real, calls = train.step_loss, []
+    real, calls = loop.step_loss, []
 
     def step_loss(run, batches):
         calls.append(1)
@@ -190,7 +192,7 @@ def test_ctrl_c_writes_the_best_alpha_so_far_and_exits_130(skills, tmp_path, mon
             os.kill(os.getpid(), signal.SIGINT)
         return real(run, batches)
 
-    monkeypatch.setattr(train, "step_loss", step_loss)
+    monkeypatch.setattr(loop, "step_loss", step_loss)
     result = runner.invoke(app, ["fit-cat", str(skills["math"]), str(skills["noise"]), "--data", "builtin:math",
                                  "--fraction", "0.05", "-o", str(tmp_path / "soup"), *QUICK])
     assert result.exit_code == 130

@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from loramix.adapters import read_adapter
-from loramix.cli import app
+from loramix.core.adapters import read_adapter
+from loramix.cli.app import app
 from tests.helpers import make_adapter, tiny_llama
 
 runner = CliRunner()

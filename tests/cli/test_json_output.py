@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from loramix.cli import app
+from loramix.cli.app import app
 from tests.helpers import make_adapter, tiny_llama
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def work(tmp_path_factory):
     b = make_adapter(base, root / "b", r=6, alpha=3, seed=2, use_rslora=True)
     skill = _ok(["train-skill", "builtin:math", "-o", str(root / "skill"), "--limit", "48", "--batch-size", "8",
                  "--rank", "4", "--max-steps", "2", "--threads", "1", "--json"])
-    from loramix import models
+    from loramix.core import models
 
     noise = make_adapter(models.bundled_path(), root / "noise", r=2, alpha=2, seed=7, scale_b=0.5)
     config = json.loads((noise / "adapter_config.json").read_text())
@@ -90,7 +90,7 @@ def test_every_json_document_keeps_its_shape(work):
 
 def normalise(doc, root: Path):
     """Paths under the test folder and the bundled model's folder become placeholders; timings 0."""
-    from loramix import models
+    from loramix.core import models
 
     places = [(str(root), "<tmp>"), (str(models.bundled_path()), "<bundled>")]
 

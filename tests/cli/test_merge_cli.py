@@ -9,8 +9,8 @@ import sys
 from typer.testing import CliRunner
 
 from loramix import __version__
-from loramix.cli import app
-from loramix.merge import REGISTRY
+from loramix.cli.app import app
+from loramix.merge.methods import REGISTRY
 
 runner = CliRunner()
 
@@ -71,7 +71,7 @@ def test_module_entry_point_and_version():
 def test_help_is_fast_and_does_not_import_torch():
     code = (
         "import sys\n"
-        "from loramix.cli import app\n"
+        "from loramix.cli.app import app\n"
         "for args in (['--help'], ['merge', '--help'], ['inspect', '--help'], ['train-skill', '--help'], ['fit-cat', '--help'], "
         "['data', '--help'], ['eval', '--help'], ['demo', '--help'], ['data'], ['--version']):\n"
         "    try:\n"
@@ -122,13 +122,13 @@ def test_non_finite_weights_are_refused(adapter_pair, tmp_path):
 
 
 def test_unwritable_output_is_a_clear_runtime_error(adapter_pair, tmp_path, monkeypatch):
-    from loramix import adapters
+    from loramix.core import adapters
 
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "m"))
 
     monkeypatch.setattr(adapters, "write_adapter", no_space)
-    monkeypatch.setattr("loramix.merging.write_adapter", no_space)
+    monkeypatch.setattr("loramix.merge.job.write_adapter", no_space)
     result = invoke("merge", *adapter_pair, "-m", "linear", "-o", tmp_path / "m")
     assert result.exit_code == 1 and "No space left on device" in result.stderr and "unexpected" not in result.stderr
     assert not (tmp_path / "m").exists() and _leftovers(tmp_path) == []

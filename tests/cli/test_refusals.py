@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from loramix import __version__
-from loramix.cli import app
+from loramix.cli.app import app
 from tests.helpers import make_adapter
 
 CONFIG = "adapter_config.json"
@@ -332,7 +332,7 @@ def test_existing_out_without_force(good, other, tmp_path):
 
 
 def test_existing_out_with_force_is_replaced(good, other, tmp_path):
-    from loramix.adapters import read_adapter
+    from loramix.core.adapters import read_adapter
 
     out = make_existing(tmp_path)
     result = merge_with(good, other, out, "--force")
@@ -390,13 +390,13 @@ def test_out_is_a_file(good, other, tmp_path):
 
 @pytest.mark.parametrize("failure, code", [(RuntimeError("disk on fire"), 1), (KeyboardInterrupt(), 130)])
 def test_failure_while_writing_leaves_nothing(good, other, tmp_path, monkeypatch, failure, code):
-    import loramix.merging
+    import loramix.merge.job
 
     def half_write(folder, config, factors):
         (folder / WEIGHTS).write_bytes(b"half an adapter")
         raise failure
 
-    monkeypatch.setattr(loramix.merging, "write_adapter", half_write)
+    monkeypatch.setattr(loramix.merge.job, "write_adapter", half_write)
     out = tmp_path / "new" / "deeper" / "merged"
     result = merge_with(good, other, out)
     assert result.exit_code == code, result.stderr
@@ -406,9 +406,9 @@ def test_failure_while_writing_leaves_nothing(good, other, tmp_path, monkeypatch
 
 
 def test_failure_while_replacing_keeps_the_old_out(good, other, tmp_path, monkeypatch):
-    import loramix.merging
+    import loramix.merge.job
 
-    monkeypatch.setattr(loramix.merging, "write_adapter", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(loramix.merge.job, "write_adapter", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     out = make_existing(tmp_path)
     result = merge_with(good, other, out, "--force")
     assert result.exit_code == 1, result.stderr
@@ -421,7 +421,7 @@ def test_failure_while_replacing_keeps_the_old_out(good, other, tmp_path, monkey
 
 
 def test_linear_merge_json(good, other, tmp_path):
-    from loramix.adapters import read_adapter
+    from loramix.core.adapters import read_adapter
 
     out = tmp_path / "merged"
     result = invoke("merge", good, other, "-m", "linear", "-o", out, "--json")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from loramix.cli import app
+from loramix.cli.app import app
 
 runner = CliRunner()
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from loramix import train
-from loramix.cli import app
+from loramix.train import loop
+from loramix.cli.app import app
 
 runner = CliRunner(env={"COLUMNS": "1000"})  # one message per line, unwrapped
 QUICK = ["--limit", "48", "--batch-size", "8", "--rank", "4", "--threads", "1", "--val-fraction", "0.2"]
@@ -49,7 +49,7 @@ def test_table_output_and_chosen_targets(tmp_path):
 
 def _interrupt_after(monkeypatch, n):
     """Send ourselves SIGINT (Ctrl-C) during the n-th optimizer step."""
-    real, calls = train.step_loss, []
+    real, calls = loop.step_loss, []
 
     def step_loss(run, batches):
         calls.append(1)
@@ -57,7 +57,7 @@ def _interrupt_after(monkeypatch, n):
             os.kill(os.getpid(), signal.SIGINT)
         return real(run, batches)
 
-    monkeypatch.setattr(train, "step_loss", step_loss)
+    monkeypatch.setattr(loop, "step_loss", step_loss)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_adapter(tmp_path, monkeypatch):
@@ -93,7 +93,7 @@ def test_resume_with_different_settings_is_refused(tmp_path, monkeypatch):
 
 
 def test_save_every_writes_checkpoints_that_survive_a_hard_abort(tmp_path, monkeypatch):
-    real, calls = train.step_loss, []
+    real, calls = loop.step_loss, []
 
     def step_loss(run, batches):
         calls.append(1)
@@ -101,7 +101,7 @@ def test_save_every_writes_checkpoints_that_survive_a_hard_abort(tmp_path, monke
             raise KeyboardInterrupt  # a second Ctrl-C: abort without a checkpoint of its own
         return real(run, batches)
 
-    monkeypatch.setattr(train, "step_loss", step_loss)
+    monkeypatch.setattr(loop, "step_loss", step_loss)
     result = _train(tmp_path / "m", "--max-steps", "6", "--save-every", "2")
     assert result.exit_code == 130
     state = json.loads((tmp_path / "m-checkpoint" / "state.json").read_text())

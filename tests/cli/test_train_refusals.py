@@ -9,8 +9,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from loramix import models, train
-from loramix.cli import app
+from loramix.core import models
+from loramix.train import loop
+from loramix.cli.app import app
 
 runner = CliRunner(env={"COLUMNS": "1000"})  # one message per line, unwrapped
 QUICK = ["--limit", "16", "--batch-size", "8", "--rank", "4", "--threads", "1", "--max-steps", "1"]
@@ -117,7 +118,7 @@ def test_out_of_memory_suggests_smaller_batches(tmp_path, monkeypatch):
     def step_loss(run, batches):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(train, "step_loss", step_loss)
+    monkeypatch.setattr(loop, "step_loss", step_loss)
     result = _run(tmp_path)
     assert result.exit_code == 1
     assert "out of memory while training" in result.stderr and "--batch-size" in result.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from loramix.adapters import Adapter, LoraModule
+from loramix.core.adapters import Adapter, LoraModule
 
 SHAPES = {"layers.0.q": (12, 10), "layers.0.up": (16, 10), "layers.1.q": (12, 10)}
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.merge import REGISTRY, factor, ops
+from loramix.merge import factor, ops
+from loramix.merge.methods import REGISTRY
 from loramix.merge.engine import MergeOptions, merge_module
 from loramix.merge.factor import factor_full, truncate_lowrank
 from loramix.merge.ops import kth_largest_abs

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from loramix.adapters import read_adapter
-from loramix.merging import MergeRequest, run_merge
+from loramix.core.adapters import read_adapter
+from loramix.merge.job import MergeRequest, run_merge
 
 
 @pytest.fixture(scope="module")

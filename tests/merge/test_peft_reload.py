@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from loramix.adapters import read_adapter
-from loramix.merge import REGISTRY
+from loramix.core.adapters import read_adapter
+from loramix.merge.methods import REGISTRY
 from loramix.merge.engine import MergeOptions, merge_module
-from loramix.merging import MergeRequest, run_merge
+from loramix.merge.job import MergeRequest, run_merge
 from tests.helpers import delta_logits, logits, make_adapter, peft_logits
 from tests.merge import reference
 
@@ -88,7 +88,7 @@ def test_half_precision_adapters_stay_half(dtype, base_dir, tmp_path):
 def test_into_base_writes_a_full_model(base_dir, adapter_pair, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from loramix import into_base
+    from loramix.merge import into_base
 
     import shutil
 

@@ -1,0 +1,1 @@
+"""The command line: the Typer app, one thin file per command, shared options and rendering."""

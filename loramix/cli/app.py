@@ -1,0 +1,107 @@
+"""The root `loramix` app: global options, command registration and the one error boundary.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from loramix import __version__
+from loramix.cli import data, demo, eval as eval_command, fit_cat, inspect, merge, train_skill
+from loramix.core.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, LoramixError
+
+
+class LoramixGroup(TyperGroup):
+    """Catches every failure of a command once and turns it into a message and an exit code."""
+
+    def invoke(self, ctx):
+        from loramix.cli import render
+
+        try:
+            return super().invoke(ctx)
+        except LoramixError as e:
+            _debug_traceback(ctx)
+            render.error(e.message, e.hint)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            render.error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `loramix ... | head`: the reader left; nothing to tell anyone
+            import os
+            import sys
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise typer.Exit(EXIT_RUNTIME)
+        except OSError as e:
+            _debug_traceback(ctx)
+            where = f"{e.filename}: " if e.filename else ""
+            render.error(f"{where}{e.strerror or e}", "check the path, its permissions and the free disk space")
+            raise typer.Exit(EXIT_RUNTIME)
+        except MemoryError:
+            _debug_traceback(ctx)
+            render.error("out of memory", "merge fewer or smaller adapters at a time, or use a larger machine")
+            raise typer.Exit(EXIT_RUNTIME)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:
+            if hasattr(e, "exit_code") and hasattr(e, "show"):  # usage errors: typer prints them, exit 2
+                raise
+            _debug_traceback(ctx)
+            render.error(f"unexpected {type(e).__name__}: {e}", "run with --debug for the traceback")
+            raise typer.Exit(EXIT_RUNTIME)
+
+
+def _debug_traceback(ctx) -> None:
+    if (ctx.obj or {}).get("debug"):
+        from loramix.cli import render
+
+        render.stderr().print(traceback.format_exc(), markup=False, highlight=False)
+
+
+app = typer.Typer(
+    cls=LoramixGroup,
+    name="loramix",
+    help="Compose skills in language models by merging LoRA adapters.\n\n"
+    "Example: loramix merge math/ code/ -m ties --density 0.2 -o merged/",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"loramix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
+) -> None:
+    """Compose skills in language models by merging LoRA adapters."""
+    ctx.obj = {"debug": debug}
+
+
+app.command("train-skill", no_args_is_help=True)(train_skill.train_skill)
+app.command("fit-cat", no_args_is_help=True)(fit_cat.fit_cat)
+app.command("merge", no_args_is_help=True)(merge.merge)
+app.command("eval", no_args_is_help=True)(eval_command.eval_models)
+app.command("inspect", no_args_is_help=True)(inspect.inspect)
+app.command("data")(data.data)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    app(prog_name="loramix")

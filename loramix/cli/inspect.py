@@ -1,0 +1,79 @@
+"""`loramix inspect`: an adapter's summary and ‖ΔW‖ heatmap, or two adapters compared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from loramix.core.errors import InputError
+
+
+def inspect(
+    paths: List[Path] = typer.Argument(..., help="One adapter folder or fit-cat result, or two adapters to compare.", show_default=False),
+    density: float = typer.Option(0.2, "--density", help="Comparing: TIES trim before counting sign conflicts (1 = every entry)."),
+    svg: Optional[Path] = typer.Option(None, "--svg", help="Also save the picture as an SVG file."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+) -> None:
+    """Show an adapter (base, ranks, alpha, targets, parameters, and a layers × modules heatmap of
+    ‖ΔW‖_F), or compare two adapters per layer (cosine similarity of the deltas, TIES sign-conflict
+    rate). On a fit-cat result (or its table.json), show the fit and the α heatmap: layers
+    down, adapters across (adapter × module for --granularity module).
+
+    Example: loramix inspect math/ code/ --svg compare.svg
+    """
+    from loramix.cli import render
+    from loramix.core.adapters import check_compatible, read_adapter
+    from loramix.inspect.report import adapter_report, compare_report
+
+    if len(paths) > 2:
+        raise InputError(f"inspect takes one or two paths, got {len(paths)}")
+    if not 0.0 < density <= 1.0:
+        raise InputError(f"--density must be in (0, 1], got {density}")
+    if len(paths) == 1 and _is_cat_result(paths[0]):
+        report, draw = _cat_report(paths[0])
+        _show(report, draw, paths, svg, json_out)
+        return
+    adapters = [read_adapter(p) for p in paths]
+    if len(adapters) == 1:
+        report = adapter_report(adapters[0])
+        draw = render.adapter_view
+    else:
+        check_compatible(adapters)
+        a, b = adapters
+        shared = len(set(a.modules) & set(b.modules))
+        with render.progress("comparing", shared) as step:
+            report = compare_report(a, b, density, on_module=step)
+        draw = render.compare_view
+    _show(report, draw, paths, svg, json_out)
+
+
+def _is_cat_result(path: Path) -> bool:
+    from loramix.soup.table import TABLE_NAME
+
+    return (path / TABLE_NAME).is_file() if path.is_dir() else path.name.endswith(".json")
+
+
+def _cat_report(path: Path):
+    from functools import partial
+
+    from loramix.soup import table
+    from loramix.cli import render
+    from loramix.inspect.report import cat_heatmap
+
+    doc = table.read(path)
+    folder = table.table_path(path).parent
+    return {"path": str(folder), **doc, "heatmap": cat_heatmap(doc)}, partial(render.cat_view, out=str(folder))
+
+
+def _show(report: dict, draw, paths: List[Path], svg: Optional[Path], json_out: bool) -> None:
+    from loramix.cli import render
+
+    if svg is not None:
+        render.save_svg(svg, draw(report, color=True), title=f"loramix inspect {' '.join(map(str, paths))}")
+    if json_out:
+        render.print_json(report)
+        return
+    for part in draw(report, color=render.color_enabled()):
+        render.stdout().print(part)

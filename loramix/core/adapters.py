@@ -1,0 +1,389 @@
+"""Read, validate and write PEFT LoRA adapters: the only adapter I/O in loramix.
+
+An adapter on disk is a folder with `adapter_config.json` and `adapter_model.safetensors`, keys like
+`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`. In memory it is an `Adapter`: the
+parsed config plus one `LoraModule` (A, B, scale) per wrapped linear, keyed by the module's path in
+the base model (`model.layers.0.self_attn.q_proj`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loramix.core.errors import AdapterError
+
+if TYPE_CHECKING:
+    import torch
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+PREFIX = "base_model.model."
+_A_SUFFIX, _B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+# key fragment -> what it is, for inputs that cannot be merged exactly
+_UNMERGEABLE_KEYS = {
+    "lora_magnitude_vector": "DoRA magnitude vectors",
+    "lora_embedding_A": "embedding LoRA",
+    "lora_embedding_B": "embedding LoRA",
+    "modules_to_save": "modules_to_save (fully trained copies of base modules)",
+    "trainable_tokens": "trainable token embeddings",
+}
+# config field -> what it is, for adapters whose delta is not s·B·A on the recorded base
+_UNMERGEABLE_FIELDS = {
+    "use_dora": "DoRA",
+    "modules_to_save": "fully trained copies of base modules",
+    "lora_bias": "LoRA biases",
+    "alora_invocation_tokens": "activated LoRA (it acts only after its invocation tokens)",
+    "use_qalora": "QA-LoRA (it acts on pooled inputs)",
+    "target_parameters": "LoRA on parameters rather than linear modules",
+    "trainable_token_indices": "trainable token embeddings",
+}
+# init_lora_weights values that rewrite the base weights when the adapter is created
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+_INIT_HINT = (
+    "such an adapter is relative to a modified base; save it with PEFT's "
+    "path_initial_model_for_weight_conversion to get an ordinary LoRA"
+)
+
+
+@dataclass
+class LoraModule:
+    """One wrapped linear: ΔW = scale · B @ A, A is (r, in), B is (out, r)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in) of the base weight this delta is added to."""
+        return (self.B.shape[0], self.A.shape[1])
+
+    def delta(self, r0: int = 0, r1: int | None = None) -> torch.Tensor:
+        """Rows r0:r1 of the (out, in) delta in float32 (all of it by default)."""
+        return self.scale * (self.B[r0:r1].float() @ self.A.float())
+
+
+@dataclass
+class Adapter:
+    path: Path | None
+    config: dict
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "adapter"
+
+    @property
+    def base(self) -> str:
+        return str(self.config.get("base_model_name_or_path") or "")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.modules.values())).A.dtype
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(m.A.numel() + m.B.numel() for m in self.modules.values())
+
+    def sha256(self) -> str | None:
+        if self.path is None:
+            return None
+        digest = hashlib.sha256()
+        with open(self.path / WEIGHTS_NAME, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def pattern_value(patterns: dict, module: str, default):
+    """PEFT's rank_pattern/alpha_pattern lookup: the first key that matches the end of the name."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def module_scale(config: dict, module: str, rank: int) -> float:
+    alpha = pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", 8))
+    if config.get("use_rslora"):
+        return float(alpha) / math.sqrt(rank)
+    return float(alpha) / rank
+
+
+def read_adapter(path: str | Path) -> Adapter:
+    """Load and validate one adapter folder; every problem is an `AdapterError` naming the file."""
+    path = Path(path)
+    config = _read_config(path)
+    tensors = _read_weights(path)
+    modules = _build_modules(path, config, tensors)
+    return Adapter(path=path, config=config, modules=modules)
+
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        raise AdapterError(f"{path}: no such adapter folder")
+    if not path.is_dir():
+        raise AdapterError(
+            f"{path}: is a file, not an adapter folder",
+            hint=f"an adapter is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}",
+        )
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise AdapterError(f"{cfg_path}: missing; {path} is not a PEFT adapter folder")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})")
+    except UnicodeDecodeError:
+        raise AdapterError(f"{cfg_path}: not valid JSON (not UTF-8 text)")
+    except OSError as e:
+        raise AdapterError(f"{cfg_path}: cannot be read ({e.strerror or e})")
+    if not isinstance(config, dict):
+        raise AdapterError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
+    _check_config(cfg_path, config)
+    return config
+
+
+def _check_config(cfg_path: Path, config: dict) -> None:
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterError(f"{cfg_path}: peft_type is {peft_type}; loramix merges LoRA adapters only")
+    refused = _unmergeable_config(config)
+    if refused:
+        init = any("init_lora_weights" in part for part in refused)
+        raise AdapterError(
+            f"{cfg_path}: cannot be merged exactly: {'; '.join(refused)}",
+            hint=_INIT_HINT if init else "loramix never drops parts of an adapter silently; retrain or strip them first",
+        )
+    if not str(config.get("base_model_name_or_path") or "").strip():
+        raise AdapterError(
+            f"{cfg_path}: records no base model (base_model_name_or_path is empty)",
+            hint="set base_model_name_or_path to the model the adapter was trained on",
+        )
+    _check_numbers(cfg_path, config)
+
+
+def _unmergeable_config(config: dict) -> list[str]:
+    """What in the config makes the adapter something other than ΔW = s·B·A on its base."""
+    refused = [
+        f"{what} ({key}: {json.dumps(config[key])})" for key, what in _UNMERGEABLE_FIELDS.items() if config.get(key)
+    ]
+    if config.get("bias", "none") not in ("none", None):
+        refused.append(f"trained biases (bias: {config['bias']!r})")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
+        refused.append(f"an initialisation that changed the base weights (init_lora_weights: {init!r})")
+    return refused
+
+
+def _check_numbers(cfg_path: Path, config: dict) -> None:
+    """r, lora_alpha and the patterns must be numbers (and valid regexes) before any arithmetic."""
+    r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
+    if not _is_number(r, whole=True) or r < 1:
+        raise AdapterError(f"{cfg_path}: r must be a positive whole number, got {r!r}")
+    if not _is_number(alpha):
+        raise AdapterError(f"{cfg_path}: lora_alpha must be a number, got {alpha!r}")
+    for key, whole in (("rank_pattern", True), ("alpha_pattern", False)):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            raise AdapterError(f"{cfg_path}: {key} must map module patterns to numbers, got {patterns!r}")
+        for pattern, value in patterns.items():
+            if not _is_number(value, whole=whole) or (whole and value < 1):
+                raise AdapterError(f"{cfg_path}: {key} gives {pattern!r} the value {value!r}, not a valid {key[:-8]}")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise AdapterError(f"{cfg_path}: {key} key {pattern!r} is not a valid regular expression ({e})")
+
+
+def _is_number(x, whole: bool = False) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return isinstance(x, int) if whole else math.isfinite(x)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        pickled = [n for n in PICKLE_NAMES if (path / n).exists()]
+        if pickled:
+            raise AdapterError(
+                f"{path / pickled[0]}: pickled weights; loramix reads safetensors only and never unpickles",
+                hint=f"convert it to {WEIGHTS_NAME} in a trusted environment",
+            )
+        raise AdapterError(f"{weights}: missing")
+    try:
+        return load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type, or OSError/ValueError
+        raise AdapterError(f"{weights}: not a readable safetensors file, truncated or corrupt ({e})")
+
+
+def _build_modules(path: Path, config: dict, tensors: dict) -> dict[str, LoraModule]:
+    weights = path / WEIGHTS_NAME
+    _refuse_unmergeable_keys(weights, tensors)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        for suffix, part in ((_A_SUFFIX, "A"), (_B_SUFFIX, "B")):
+            if key.endswith(suffix):
+                name = key[: -len(suffix)]
+                name = name[len(PREFIX) :] if name.startswith(PREFIX) else name
+                pairs.setdefault(name, {})[part] = t
+                break
+        else:
+            raise AdapterError(f"{weights}: unexpected tensor {key!r}; not a LoRA A/B weight")
+    if not pairs:
+        raise AdapterError(f"{weights}: holds no LoRA weights")
+    return {name: _build_module(weights, config, name, p) for name, p in sorted(pairs.items())}
+
+
+def _refuse_unmergeable_keys(weights: Path, tensors: dict) -> None:
+    found: dict[str, list[str]] = {}
+    for key in tensors:
+        for fragment, what in _UNMERGEABLE_KEYS.items():
+            if fragment in key:
+                found.setdefault(what, []).append(key)
+        if key.endswith(".bias") and "lora_" in key:
+            found.setdefault("LoRA biases", []).append(key)
+    if found:
+        parts = [f"{what} ({keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''})" for what, keys in found.items()]
+        raise AdapterError(
+            f"{weights}: cannot be merged exactly: {'; '.join(parts)}",
+            hint="loramix never drops parts of an adapter silently; retrain or strip them first",
+        )
+
+
+def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraModule:
+    if set(pair) != {"A", "B"}:
+        missing = "lora_B" if "B" not in pair else "lora_A"
+        raise AdapterError(f"{weights}: module {name} has no {missing} weight")
+    A, B = pair["A"], pair["B"]
+    if A.dim() != 2 or B.dim() != 2:
+        raise AdapterError(f"{weights}: module {name} is not a linear LoRA (A has shape {tuple(A.shape)})")
+    if A.shape[0] != B.shape[1]:
+        raise AdapterError(
+            f"{weights}: module {name}: shapes disagree, lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}"
+        )
+    expected = pattern_value(config.get("rank_pattern"), name, config.get("r", A.shape[0]))
+    if int(expected) != A.shape[0]:
+        raise AdapterError(
+            f"{weights}: module {name} has rank {A.shape[0]} but {CONFIG_NAME} says r={expected}"
+        )
+    for part, t in (("lora_A", A), ("lora_B", B)):
+        _refuse_non_finite(weights, f"module {name} {part}", t)
+    return LoraModule(A=A, B=B, scale=module_scale(config, name, A.shape[0]))
+
+
+def _refuse_non_finite(weights: Path, what: str, t: torch.Tensor) -> None:
+    import torch
+
+    if torch.isfinite(t).all():
+        return
+    counts = {"NaN": int(torch.isnan(t).sum()), "Inf": int(torch.isinf(t).sum())}
+    found = " and ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    raise AdapterError(
+        f"{weights}: {what} holds {found} value{'s' if sum(counts.values()) > 1 else ''}",
+        hint="its training diverged or the file is damaged; retrain it or restore a good copy",
+    )
+
+
+def check_compatible(adapters: list[Adapter]) -> None:
+    """Refuse adapters that do not share a base, an orientation, or module shapes."""
+    first = adapters[0]
+    shapes: dict[str, tuple[tuple[int, int], Adapter]] = {}
+    for a in adapters:
+        if _norm_base(a.base) != _norm_base(first.base):
+            raise AdapterError(
+                f"adapters for different bases: {first.path} was trained on {first.base!r}, "
+                f"{a.path} on {a.base!r}"
+            )
+        if bool(a.config.get("fan_in_fan_out")) != bool(first.config.get("fan_in_fan_out")):
+            raise AdapterError(f"{first.path} and {a.path} disagree on fan_in_fan_out")
+        for name, m in a.modules.items():
+            seen = shapes.setdefault(name, (m.shape, a))
+            if seen[0] != m.shape:
+                raise AdapterError(
+                    f"module {name} has shape {seen[0]} in {seen[1].path} but {m.shape} in {a.path}",
+                    hint="the adapters were trained on different models",
+                )
+
+
+def _norm_base(base: str) -> str:
+    return base.rstrip("/")
+
+
+# fields of an input config carried into a written one; everything else is set explicitly or dropped
+# (an unknown field such as exclude_modules or layer_replication could change what PEFT loads)
+_KEPT_CONFIG_KEYS = ("task_type", "revision", "fan_in_fan_out", "lora_dropout", "auto_mapping")
+
+
+def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
+    """A clean PEFT LoRA config for modules whose scale is baked into B (runtime scale 1).
+
+    The most common rank becomes `r` (and `lora_alpha`); other modules get `rank_pattern` and
+    `alpha_pattern` entries equal to their rank, so every module's scale is exactly 1. Pattern keys
+    are `^` + the escaped full name: PEFT matches a key against the end of a module's name, so an
+    unanchored `a.b` would also match a module `x.a.b`.
+    """
+    counts: dict[int, int] = {}
+    for r in ranks.values():
+        counts[r] = counts.get(r, 0) + 1
+    r = max(counts, key=lambda k: (counts[k], k))
+    pattern = {"^" + re.escape(name): rk for name, rk in ranks.items() if rk != r}
+    config = {k: template[k] for k in _KEPT_CONFIG_KEYS if k in template}
+    config.update(
+        peft_type="LORA",
+        base_model_name_or_path=base,
+        r=r,
+        lora_alpha=r,
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        use_rslora=False,
+        use_dora=False,
+        modules_to_save=None,
+        bias="none",
+        target_modules=target_modules(list(ranks)),
+        layers_to_transform=None,
+        layers_pattern=None,
+        init_lora_weights=True,
+        inference_mode=True,
+    )
+    config.setdefault("task_type", "CAUSAL_LM")
+    return config
+
+
+def target_modules(names: list[str]) -> list[str]:
+    """PEFT's target_modules: the module kinds (q_proj, ...) when every kind is in the same layers,
+    else the full names, so that no layer gets empty LoRA modules for a kind it does not have."""
+    from loramix.inspect.analysis import split_module
+
+    layers: dict[str, set] = {}
+    for name in names:
+        layers.setdefault(name.rsplit(".", 1)[-1], set()).add(split_module(name)[0])
+    if len({frozenset(v) for v in layers.values()}) <= 1:
+        return sorted(layers)
+    return sorted(names)
+
+
+def write_adapter(folder: Path, config: dict, factors: dict[str, tuple]) -> None:
+    """Write `adapter_config.json` and `adapter_model.safetensors` (PEFT's key names) into `folder`."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (A, B) in factors.items():
+        tensors[f"{PREFIX}{name}{_A_SUFFIX}"] = A.contiguous()
+        tensors[f"{PREFIX}{name}{_B_SUFFIX}"] = B.contiguous()
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

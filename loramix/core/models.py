@@ -1,0 +1,178 @@
+"""Find and load base models: the bundled loramix-tiny, a local folder, or a hub name (only where
+the hub is reachable); tokenizer, dtype, device, threads and 4-bit (nf4) loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loramix.core.errors import InputError, LoramixError
+
+BUNDLED = "loramix-tiny"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter off stderr (loading bars, an optional-kernel notice, deprecations that
+    are the libraries' own business); loramix reports progress itself."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def bundled_path() -> Path:
+    return Path(__file__).resolve().parents[1] / "zoo" / BUNDLED
+
+
+def resolve_base(name: str) -> Path:
+    """A local folder holding the base model `name` (loramix-tiny, a path, or a hub name fetched when online)."""
+    if name == BUNDLED:
+        return bundled_path()
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise InputError(f"{path}: not a model folder (no config.json)")
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as e:
+        raise InputError(
+            f"base model {name!r}: not a local folder, and the hub could not provide it ({type(e).__name__})",
+            hint="pass the path of a local copy of the model, or loramix-tiny",
+        )
+
+
+def base_record(name: str) -> str:
+    """How an adapter records its base: the bundled name, an absolute local path, or the hub name."""
+    if name == BUNDLED:
+        return BUNDLED
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def base_of(adapters: list, given: str | None) -> str:
+    """The base to load: --base, else the one the adapters record (else the bundled model); a
+    warning when --base is not the adapters' own."""
+    if given is None:
+        return adapters[0].base if adapters else BUNDLED
+    if adapters and base_record(given) != base_record(adapters[0].base):
+        from loramix.cli import render
+
+        render.warning(f"--base {given} is not the base the adapters record ({adapters[0].base})")
+    return given
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device}: not a device name", hint="use auto, cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA device is available here", hint="use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise InputError(f"--device {device}: only cpu and cuda devices are supported")
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    """auto: float32 on a CPU, bfloat16 on a GPU that has it, else float16."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype}: unknown", hint=f"choose one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def set_threads(threads: int | None) -> int:
+    """Use `threads` CPU threads for torch (default: one per available core); returns the count."""
+    import os
+
+    import torch
+
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def setup(device: str, dtype: str, load_in_4bit: bool, threads: int | None):
+    """(device, torch dtype, thread count) for a run, refusing what this machine cannot do."""
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    if load_in_4bit:
+        check_4bit(device)
+    return device, torch_dtype, set_threads(threads)
+
+
+def check_4bit(device: str) -> None:
+    """Raise with the reason if bitsandbytes cannot run 4-bit layers on `device`."""
+    import importlib
+
+    try:
+        importlib.import_module("bitsandbytes")
+    except Exception as e:  # an ImportError, or a broken native library
+        raise LoramixError(f"--load-in-4bit: bitsandbytes cannot be loaded here ({type(e).__name__}: {e})",
+                           hint="install bitsandbytes>=0.46, or train without --load-in-4bit", exit_code=2)
+    from importlib.metadata import version
+
+    major, minor = (int(x) for x in version("bitsandbytes").split(".")[:2])
+    if device == "cpu" and (major, minor) < (0, 46):
+        raise LoramixError(f"--load-in-4bit on a CPU needs bitsandbytes>=0.46 (found {version('bitsandbytes')})",
+                           hint="upgrade bitsandbytes, or train without --load-in-4bit", exit_code=2)
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise InputError(f"{path}: its tokenizer cannot be loaded ({type(e).__name__}: {e})")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: Path, dtype, device: str, load_in_4bit: bool = False, trust_remote_code: bool = False):
+    """A causal LM from a local folder, in `dtype` on `device` (4-bit nf4 weights if asked)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}  # never unpickle
+    if load_in_4bit:
+        check_4bit(device)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise InputError(f"{path}: this model needs its own code to load",
+                             hint="pass --trust-remote-code if you trust the code in that folder")
+        raise InputError(f"{path}: cannot be loaded as a causal language model ({e})")
+    except OSError:
+        if not list(Path(path).glob("*.safetensors")):
+            raise InputError(f"{path}: has no safetensors weights (loramix never loads pickled .bin files)",
+                             hint="convert the weights to safetensors first")
+        raise
+    return model if load_in_4bit else model.to(device)

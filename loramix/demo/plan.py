@@ -1,0 +1,123 @@
+"""`loramix demo`: LoRA Soups' experiment at small scale, on loramix-tiny and the built-in skills.
+
+Two skill LoRAs (math, code) and a data-mix LoRA (one LoRA on both skills' rows, with as many steps
+as one skill LoRA) are trained; CAT is fitted on 5% of each skill's data; the data-free merges are
+made; and every model is scored on the held-out composite task (math-code: a word problem to a
+program, scored by running it) and on each skill's own eval split. Each step is the ordinary
+command's job function, so --out holds ordinary adapters and JSON, and the equivalent shell
+commands are printed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+SKILLS = ("math", "code")
+COMPOSITE = "math-code"
+METRICS = {COMPOSITE: "program", "math": "exact", "code": "exact"}
+# table name: (folder, merge method, weights)
+MERGES = {"linear .5/.5": ("linear", "linear", "0.5,0.5"), "cat .5/.5": ("cat-half", "cat", "0.5,0.5"),
+          "cat 1/1": ("cat-one", "cat", "1,1"), "ties": ("ties", "ties", "1,1"),
+          "dare_ties": ("dare-ties", "dare_ties", "1,1")}
+# CAT's settings: α per layer from 0.5 (the average of two skills), lr 0.1 (bench/results/compose.md)
+CAT_OPTIONS = {"fraction": 0.05, "init": 0.5, "lr": 0.1}
+BUDGETS = {"full": {"rows": 3000, "eval": 200}, "quick": {"rows": 400, "eval": 40}}
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("loramix-demo")
+    quick: bool = False
+    seed: int = 0
+    threads: int | None = None
+    force: bool = False
+    rows: int | None = None  # override the budget (bench/compose.py)
+    eval_items: int | None = None
+
+    @property
+    def budget(self) -> dict:
+        budget = dict(BUDGETS["quick" if self.quick else "full"])
+        budget.update({k: v for k, v in (("rows", self.rows), ("eval", self.eval_items)) if v is not None})
+        return budget
+
+
+def models_in_order() -> list[tuple[str, str | None]]:
+    """(name in the table, folder under --out; None for the base)."""
+    return ([("base", None)] + [(s, s) for s in SKILLS] + [("data mix", "mix"), ("CAT", "cat")]
+            + [(name, folder) for name, (folder, _, _) in MERGES.items()])
+
+
+def commands(c: DemoConfig, mix_steps: int) -> list[str]:
+    """The demo as shell commands, one per step (what `run_demo` does through the job functions)."""
+    o, rows, n, seed = c.out, c.budget["rows"], c.budget["eval"], c.seed
+    lines = [f"loramix train-skill builtin:{s} --limit {rows} --seed {seed} -o {o}/{s}" for s in SKILLS]
+    lines.append(f"cat {o}/data/math.jsonl {o}/data/code.jsonl > {o}/data/mix.jsonl   # both skills' rows")
+    lines.append(f"loramix train-skill {o}/data/mix.jsonl --max-steps {mix_steps} --seed {seed} -o {o}/mix")
+    cat = " ".join(f"--{k} {v}" for k, v in CAT_OPTIONS.items())
+    lines.append(f"loramix fit-cat {o}/math {o}/code -d builtin:math -d builtin:code {cat} --seed {seed} -o {o}/cat")
+    for folder, method, weights in MERGES.values():
+        lines.append(f"loramix merge {o}/math {o}/code -m {method} -w {weights} --seed {seed} -o {o}/{folder}")
+    adapters = " ".join(f"-a {o}/{folder}" for _, folder in models_in_order() if folder)
+    for task, metric in METRICS.items():
+        lines.append(f"loramix eval -d builtin:{task} --limit {n} -m {metric} {adapters} --json > {o}/eval-{task}.json")
+    lines.append(f"loramix inspect {o}/cat")
+    return lines
+
+
+def table(evals: dict[str, dict]) -> dict:
+    """Rows per model: accuracy on each task, and retention (own-split accuracy as a share of
+    that skill's own LoRA); CAT's composite gain against the single skills' (the paper's Table 2)."""
+    score = {task: {m["name"]: m["score"] for m in doc["models"]} for task, doc in evals.items()}
+    rows = []
+    for name, folder in models_in_order():
+        key = folder or "base"
+        row = {"model": name, "folder": folder, **{task: score[task][key] for task in METRICS}}
+        row["retention"] = {s: (score[s][key] / score[s][s] if score[s][s] else None) for s in SKILLS}
+        rows.append(row)
+    comp = score[COMPOSITE]
+    gain = {key: comp[key] - comp["base"] for key in comp}
+    singles = sum(max(0.0, gain[s]) for s in SKILLS)  # a skill that hurts alone adds nothing to beat
+    best = max(rows, key=lambda r: r[COMPOSITE])
+    return {"rows": rows, "composite": COMPOSITE, "cat_gain": gain["cat"], "single_gains": {s: gain[s] for s in SKILLS},
+            "super_linear": gain["cat"] > 0 and gain["cat"] > singles, "best_composite": best["model"]}
+
+
+def write_mix(c: DemoConfig) -> Path:
+    """Both skills' training rows (the ones the skill LoRAs saw) in one JSONL file for the data mix."""
+    from loramix.core import data
+
+    folder = c.out / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for skill in SKILLS:
+        dataset = data.load(f"builtin:{skill}", c.budget["rows"])
+        data.dump(dataset, folder / f"{skill}.jsonl", force=True)
+        parts.append((folder / f"{skill}.jsonl").read_text())
+    (folder / "mix.jsonl").write_text("".join(parts))
+    return folder / "mix.jsonl"
+
+
+def save_json(path: Path, doc: dict) -> None:
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def prepare_folder(c: DemoConfig) -> None:
+    """--out is the demo's workspace: refused if it exists (unless --force, and then only when an
+    earlier demo made it, never an unrelated folder)."""
+    import shutil
+
+    from loramix.core.errors import InputError
+
+    if c.out.exists():
+        if not c.force:
+            raise InputError(f"{c.out}: already exists", hint="pass --force to replace it, or -o another folder")
+        if not c.out.is_dir() or (any(c.out.iterdir()) and not (c.out / MARKER).exists()):
+            raise InputError(f"{c.out}: is not a loramix demo folder; --force replaces only those")
+        shutil.rmtree(c.out)
+    c.out.mkdir(parents=True)
+    (c.out / MARKER).write_text("made by loramix demo\n")
+
+
+MARKER = ".loramix-demo"

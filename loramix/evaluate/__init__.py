@@ -1,0 +1,1 @@
+"""Evaluation: metrics, batched generation, the program sandbox and the eval job."""

@@ -1,0 +1,1 @@
+"""LoRA Soups' CAT: the concatenated layer with learned weights, the α table, and the fit-cat job."""

@@ -1,0 +1,249 @@
+"""The `fit-cat` job: freeze k skill LoRAs on their base, learn the CAT weights α from a small mix
+of the skills' data (the loop is loop.fit's, with α the only trainable tensor), keep the α with
+the best validation loss, and write one merged adapter plus the α table (cat_weights.json and
+cat_weights.safetensors)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loramix.soup import layer
+from loramix.train import loop
+from loramix.soup.table import TABLE_NAME
+from loramix.core.errors import EXIT_INTERRUPTED, InputError, LoramixError
+
+TENSOR_NAME = "cat_weights.safetensors"
+
+
+@dataclass
+class CatConfig:
+    adapters: list[Path]
+    data: list[str]
+    out: Path
+    base: str | None = None  # default: the base the adapters record
+    fraction: float = 0.05
+    granularity: str = "layer"
+    param: str = "free"
+    init: float = 1.0
+    lr: float = 0.1  # α is a few numbers trained for a few dozen steps (bench: 1e-2 barely moves it)
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 256
+    val_fraction: float = 0.1
+    warmup: float = 0.05
+    profile: str = "peft"
+    rank: int | None = None  # truncate the written adapter by SVD [default: Σ r_i, exact]
+    load_in_4bit: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    force: bool = False
+    eval_every: int = 0  # validate every N steps [0: about four times a run]
+    save_every: int = 0  # read by loop.fit; fit-cat writes no checkpoints
+    resume: bool = False
+    sources: list[dict] = field(default_factory=list)
+
+
+def check_options(c: CatConfig) -> None:
+    from loramix.core.profiles import PROFILES
+
+    if len(c.adapters) < 2:
+        raise InputError(f"fit-cat needs at least two adapters, got {len(c.adapters)}",
+                         hint="loramix fit-cat math/ code/ --data builtin:math --data builtin:code -o soup/")
+    if not c.data:
+        raise InputError("fit-cat needs --data", hint="one --data per skill, e.g. --data builtin:math --data builtin:code")
+    if not 0 < c.fraction <= 1:
+        raise InputError(f"--fraction {c.fraction}: must be in (0, 1]")
+    for name, value, allowed in (("--granularity", c.granularity, layer.GRANULARITIES), ("--param", c.param, layer.PARAMS),
+                                 ("--profile", c.profile, PROFILES)):
+        if value not in allowed:
+            raise InputError(f"{name} {value}: unknown", hint=f"choose one of {', '.join(allowed)}")
+    if not math.isfinite(c.init):
+        raise InputError(f"--init {c.init}: must be a finite number")
+    if c.rank is not None and c.rank < 1:
+        raise InputError(f"--rank {c.rank}: must be at least 1")
+    if c.max_steps is not None and c.max_steps < 1:
+        raise InputError(f"--steps {c.max_steps}: must be at least 1")
+    resolved = [Path(p).resolve() for p in c.adapters]
+    if len(set(resolved)) < len(resolved):
+        raise InputError("the same adapter is given twice", hint="each skill once; copy the folder to study twins")
+    loop.check_options(c)
+
+
+def sample_rows(c: CatConfig) -> list[tuple[str, list[dict]]]:
+    """`--fraction` of each --data set: a seeded sample of at least one row, per source."""
+    from loramix.core import data
+
+    rng, samples = random.Random(c.seed), []
+    for source in c.data:
+        dataset = data.load(source)
+        data.warn_held_out(source)
+        n = max(1, math.ceil(c.fraction * len(dataset.rows)))
+        chosen = sorted(rng.sample(range(len(dataset.rows)), n))
+        samples.append((source, [dataset.rows[i] for i in chosen]))
+        c.sources.append({"data": source, "rows": len(dataset.rows), "used": n, "sha256": dataset.digest})
+    return samples
+
+
+def mixed_examples(samples: list[tuple[str, list[dict]]], tokenizer, c: CatConfig) -> list:
+    """The samples tokenized (each source refused on its own if no row fits), mixed and shuffled."""
+    from loramix.core import data
+
+    examples = []
+    for source, rows in samples:
+        examples += data.tokenize_all(rows, tokenizer, c.max_length, source)
+    random.Random(c.seed + 1).shuffle(examples)
+    return examples
+
+
+def prepare(c: CatConfig):
+    """Check, load the adapters, the data and the base, and wrap the base: (loop.Run, state)."""
+    import torch
+
+    from loramix.core import models
+    from loramix.core.adapters import check_compatible, read_adapter
+    from loramix.core.outputs import check_out
+    from loramix.core.targets import check_adapter_shapes
+
+    check_options(c)
+    models.quiet_libraries()
+    data_files = tuple(Path(d) for d in c.data if not d.startswith("builtin:"))
+    check_out(c.out, c.force, inputs=tuple(c.adapters) + data_files)
+    adapters = [read_adapter(p) for p in c.adapters]
+    check_compatible(adapters)
+    base = models.base_of(adapters, c.base)
+    path = models.resolve_base(base)
+    if path.resolve().is_relative_to(c.out.resolve()):
+        raise InputError(f"{c.out}: holds the base model; write the result somewhere else")
+    samples = sample_rows(c)
+    device, dtype, threads = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
+    tokenizer = models.load_tokenizer(path)
+    examples = mixed_examples(samples, tokenizer, c)
+    rows_train, rows_val = loop.split_rows(examples, c.val_fraction, c.seed)
+    model = models.load_model(path, dtype, device, c.load_in_4bit)
+    check_adapter_shapes(model, adapters)
+    torch.manual_seed(c.seed)
+    alpha, labels, group = layer.wrap(model, adapters, c.granularity, c.param, c.init)
+    model.train()  # 4-bit bases: an eval-mode forward may repack their weights (DESIGN §7)
+    per_epoch = math.ceil(len(rows_train) / (c.batch_size * c.grad_accum))
+    steps = c.max_steps or per_epoch * c.epochs
+    c.eval_every = c.eval_every or max(1, steps // 4)
+    record = {"base": models.base_record(base), "rows_train": len(rows_train), "rows_val": len(rows_val), "device": device,
+              "dtype": str(dtype).replace("torch.", ""), "threads": threads}
+    run = loop.Run(c, model, tokenizer, rows_train, rows_val, device, steps, per_epoch, record)
+    return run, {"adapters": adapters, "alpha": alpha, "labels": labels, "group": group, "base": record["base"]}
+
+
+def run_fit(c: CatConfig, report_factory) -> dict:
+    """prepare -> fit α (keeping the best by validation loss) -> write; returns the α table.
+    The first Ctrl-C writes the result with the best α so far and exits 130."""
+    with loop.memory_errors():
+        return _fit_and_write(c, report_factory)
+
+
+def _fit_and_write(c: CatConfig, report_factory) -> dict:
+    from loramix.core.interrupt import stop_on_interrupt
+
+    run, state = prepare(c)
+    alpha = state["alpha"]
+    best = {"val_loss": loop.validation_loss(run), "step": 0, "raw": alpha.raw.detach().clone()}
+    state["val0"] = best["val_loss"]  # α at its start is a candidate too, and the curve's first point
+
+    def keep_best(report):
+        def update(step, fields):
+            val = (fields or {}).get("val_loss")
+            if val is not None and (best["val_loss"] is None or val < best["val_loss"]):
+                best.update(val_loss=val, step=step, raw=alpha.raw.detach().clone())
+            report(step, fields)
+        return update
+
+    def on_stop(history):
+        table = write(run, state, _chosen(best, alpha), history, best, interrupted=True)
+        raise LoramixError(f"interrupted after step {len(history['loss'])} of {run.steps}; wrote {c.out} with "
+                           f"the α of step {table['chosen_step']}", exit_code=EXIT_INTERRUPTED)
+
+    with stop_on_interrupt() as stop:
+        with report_factory(run.steps) as report:
+            history = loop.fit(run, keep_best(report), stop, on_stop)
+        return write(run, state, _chosen(best, alpha), history, best)
+
+
+def _chosen(best: dict, alpha):
+    """The trained tensor of the best-validation α, or the current one without a validation set."""
+    return best["raw"] if best["val_loss"] is not None else alpha.raw.detach().clone()
+
+
+def write(run, state: dict, raw, history: dict, best: dict, interrupted: bool = False) -> dict:
+    """The merged adapter, cat_weights.json and cat_weights.safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    from loramix.core.adapters import write_adapter
+    from loramix.core.outputs import atomic_dir
+    from loramix.core.profiles import layout
+
+    import torch
+
+    c, adapters = run.config, state["adapters"]
+    factors = layer.folded_factors(adapters, raw, c.param, state["group"])
+    factors, errors = truncate(factors, c.rank)
+    dtypes = {a.dtype for a in adapters}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    config, factors = layout(factors, c.profile, adapters[0].config, state["base"], dtype)
+    doc = table(run, state, raw, history, best, interrupted)
+    ranks = [A.shape[0] for A, _ in factors.values()]
+    doc.update(rank={"min": min(ranks), "max": max(ranks)}, svd_error=_span(errors))
+    alpha = torch.tensor([[float("nan") if v is None else v for v in row] for row in doc["alpha"]])
+    with atomic_dir(c.out, c.force) as tmp:
+        write_adapter(tmp, config, factors)
+        save_file({"alpha": alpha, "raw": raw.float().contiguous()}, str(tmp / TENSOR_NAME))
+        (tmp / TABLE_NAME).write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def truncate(factors: dict, rank: int | None) -> tuple[dict, dict[str, float]]:
+    """--rank: the best rank-K approximation of each folded module, with its relative error."""
+    from loramix.merge.factor import truncate_lowrank
+
+    if rank is None:
+        return factors, {name: 0.0 for name in factors}
+    out, errors = {}, {}
+    for name, (A, B) in factors.items():
+        A, B, errors[name] = truncate_lowrank(A, B, rank)
+        out[name] = (A, B)
+    return out, errors
+
+
+def _span(errors: dict[str, float]) -> dict:
+    values = list(errors.values())
+    return {"max": max(values), "mean": sum(values) / len(values)}
+
+
+def _with_start(val0: float | None, val: list[dict]) -> list[dict]:
+    return ([{"epoch": 0.0, "step": 0, "loss": round(val0, 5)}] if val0 is not None else []) + val
+
+
+def table(run, state: dict, raw, history: dict, best: dict, interrupted: bool) -> dict:
+    from loramix import __version__
+
+    c = run.config
+    return {
+        "loramix": __version__, "command": "fit-cat", "base": state["base"],
+        "granularity": c.granularity, "param": c.param, "init": c.init,
+        "adapters": [{"name": a.name, "path": str(Path(a.path).resolve()), "sha256": a.sha256()} for a in state["adapters"]],
+        "groups": state["labels"], "alpha": layer.group_table(state["adapters"], raw, c.param, state["group"]),
+        "chosen_step": best["step"] if best["val_loss"] is not None else len(history["loss"]),
+        "best_val_loss": best["val_loss"], "data": c.sources, "fraction": c.fraction, "seed": c.seed,
+        "lr": c.lr, "batch_size": c.batch_size, "grad_accum": c.grad_accum, "max_length": c.max_length,
+        "val_fraction": c.val_fraction, "load_in_4bit": c.load_in_4bit, "dtype": run.record["dtype"],
+        "steps": len(history["loss"]), "planned_steps": run.steps, "interrupted": interrupted,
+        "rows_train": run.record["rows_train"], "rows_val": run.record["rows_val"],
+        "tokens": history["tokens"], "seconds": history["seconds"],
+        "loss_curve": history["loss"], "val_loss": _with_start(state["val0"], history["val"]),
+    }

@@ -1,0 +1,160 @@
+"""CAT, LoRA Soups' learnable concatenation: frozen skill LoRAs, one learned weight α per adapter
+per layer (or per module, or one overall), folded into one ordinary adapter at the end.
+
+During fitting every wrapped linear runs one concatenated low-rank product instead of k adapter
+passes (shapes for k adapters of ranks r_i, R = Σ r_i):
+
+    h = x · A_catᵀ                 (..., R)      A_cat = stack(A_i)        (R, in)
+    h = h ⊙ (α[group, owner] · s)  (..., R)      owner: adapter of each rank slot, s: its scale
+    y = base(x) + h · B_catᵀ       (..., out)    B_cat = concat(B_i)       (out, R)
+
+so W = W0 + Σ_i α_i^(group) · s_i · B_i · A_i exactly (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+GRANULARITIES = ("layer", "module", "global")
+PARAMS = ("free", "softmax")
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+def layer_of(module: str) -> int:
+    """The block index in a module path: 'model.layers.3.mlp.up_proj' -> 3."""
+    found = _LAYER.search("." + module + ".")
+    if not found:
+        from loramix.core.errors import InputError
+
+        raise InputError(f"{module}: no layer index in its name, so it has no per-layer α",
+                         hint="use --granularity module or global")
+    return int(found.group(1))
+
+
+def groups(modules: list[str], granularity: str) -> tuple[list[str], dict[str, int]]:
+    """(group labels, module -> group index) for the chosen granularity."""
+    if granularity == "global":
+        return ["all"], {m: 0 for m in modules}
+    if granularity == "module":
+        return list(modules), {m: i for i, m in enumerate(modules)}
+    layers = sorted({layer_of(m) for m in modules})
+    index = {layer: i for i, layer in enumerate(layers)}
+    return [str(layer) for layer in layers], {m: index[layer_of(m)] for m in modules}
+
+
+class CatAlpha(nn.Module):
+    """The only trainable tensor: (groups, k) weights, free or a softmax over adapters."""
+
+    def __init__(self, n_groups: int, k: int, param: str = "free", init: float = 1.0):
+        super().__init__()
+        if param not in PARAMS:
+            raise ValueError(f"param must be one of {PARAMS}, not {param!r}")
+        self.param = param
+        start = torch.full((n_groups, k), float(init)) if param == "free" else torch.zeros(n_groups, k)
+        self.raw = nn.Parameter(start)
+
+    def forward(self, present: torch.Tensor | None = None) -> torch.Tensor:
+        return alpha_values(self.raw, self.param, present)
+
+
+def alpha_values(raw: torch.Tensor, param: str, present: torch.Tensor | None = None) -> torch.Tensor:
+    """α (groups, k) from the trained tensor: raw itself, or a softmax over the adapters that are
+    `present` (a (k,) bool mask: where an adapter lacks a module, the others share all of α)."""
+    if param == "free":
+        return raw
+    if present is not None:
+        raw = raw.masked_fill(~present, float("-inf"))
+    return torch.softmax(raw, dim=-1)
+
+
+class CatLinear(nn.Module):
+    """A frozen base linear plus the concatenated skill LoRAs, weighted by α[group]."""
+
+    def __init__(self, base: nn.Module, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor,
+                 owner: torch.Tensor, alpha: CatAlpha, group: int, present: torch.Tensor):
+        super().__init__()
+        self.base, self.alpha, self.group = base, [alpha], group  # a list: α is owned by the model once
+        self.register_buffer("present", present)  # (k,) which adapters have this module
+        self.register_buffer("A", A)  # (R, in)
+        self.register_buffer("B", B)  # (out, R)
+        self.register_buffer("scale", scale)  # (R,)
+        self.register_buffer("owner", owner)  # (R,) adapter index of each rank slot
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        coef = self.alpha[0](self.present)[self.group].index_select(0, self.owner) * self.scale  # (R,)
+        h = nn.functional.linear(x.to(self.A.dtype), self.A) * coef
+        return y + nn.functional.linear(h, self.B).to(y.dtype)
+
+
+def concatenate(modules: list, device=None, dtype=torch.float32):
+    """(A_cat, B_cat, scale, owner) from one LoraModule (or None) per adapter."""
+    present = [(i, m) for i, m in enumerate(modules) if m is not None]
+    A = torch.cat([m.A.to(device, dtype) for _, m in present])
+    B = torch.cat([m.B.to(device, dtype) for _, m in present], dim=1)
+    scale = torch.cat([torch.full((m.rank,), float(m.scale)) for _, m in present]).to(device, dtype)
+    owner = torch.cat([torch.full((m.rank,), i, dtype=torch.long) for i, m in present]).to(device)
+    return A, B, scale, owner
+
+
+def present_mask(modules: list) -> torch.Tensor:
+    return torch.tensor([m is not None for m in modules])
+
+
+def fold(modules: list, alpha_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One module's merged factors: A = stack(A_i), B = concat(α_i · s_i · B_i) (exact): the
+    linear merge's concatenation with α as the weights."""
+    from loramix.merge.methods.linear import concat_factors
+
+    weights = alpha_row.detach().float().tolist()
+    present = [(m.A, m.B, m.scale, weights[i]) for i, m in enumerate(modules) if m is not None]
+    return concat_factors([(a, b, s) for a, b, s, _ in present], [w for *_, w in present])
+
+
+def wrap(model: nn.Module, adapters: list, granularity: str = "layer", param: str = "free",
+         init: float = 1.0) -> tuple[CatAlpha, list[str], dict[str, int]]:
+    """Replace every linear any adapter targets by a CatLinear sharing one CatAlpha (registered on
+    the model as `cat_alpha`); freeze everything else. Returns (α, group labels, module -> group)."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
+    names = sorted({name for a in adapters for name in a.modules})
+    labels, group = groups(names, granularity)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    device = next(model.parameters()).device
+    alpha = CatAlpha(len(labels), len(adapters), param, init).to(device)
+    model.cat_alpha = alpha
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        base = model.get_submodule(name)
+        modules = [a.modules.get(name) for a in adapters]
+        A, B, scale, owner = concatenate(modules, device=device)
+        setattr(model.get_submodule(parent) if parent else model, child,
+                CatLinear(base, A, B, scale, owner, alpha, group[name], present_mask(modules).to(device)))
+    return alpha, labels, group
+
+
+def folded_factors(adapters: list, raw: torch.Tensor, param: str, group: dict[str, int]) -> dict[str, tuple]:
+    """{module: (A, B)} of the merged adapter (scale 1, float32): α·s folded into B, rank Σ r_i."""
+    out = {}
+    for name, g in group.items():
+        modules = [a.modules.get(name) for a in adapters]
+        out[name] = fold(modules, alpha_values(raw, param, present_mask(modules))[g])
+    return out
+
+
+def group_table(adapters: list, raw: torch.Tensor, param: str, group: dict[str, int]) -> list[list]:
+    """α per group and adapter for reports; None where an adapter has no module in the group
+    (with softmax, the share among the adapters present in the group)."""
+    n_groups, k = raw.shape
+    present = torch.zeros(n_groups, k, dtype=torch.bool)
+    for name, g in group.items():
+        present[g] |= present_mask([a.modules.get(name) for a in adapters])
+    rows = []
+    for g in range(n_groups):
+        values = alpha_values(raw[g: g + 1], param, present[g])[0].tolist()
+        rows.append([v if present[g, i] else None for i, v in enumerate(values)])
+    return rows

@@ -1,0 +1,125 @@
+"""fit-cat's α table (`cat_weights.json`) read back: checked, matched to its adapters, and turned
+into one weight per adapter per module for `merge -m cat --cat-weights FILE`.
+
+The table holds α per group (layer, module or "all") and adapter, null where an adapter has no
+module in the group. With `--param softmax` a group's α is the softmax over the adapters present
+in the group; a module that some of them lack shares α among the ones it has, which is the group's
+α renormalised over them (a softmax restricted to a subset is the renormalised softmax).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from loramix.core.errors import InputError
+
+TABLE_NAME = "cat_weights.json"
+_KEYS = ("granularity", "param", "groups", "alpha", "adapters")
+
+
+def table_path(path: Path) -> Path:
+    """A fit-cat output folder or its cat_weights.json -> the JSON file."""
+    path = Path(path)
+    return path / TABLE_NAME if path.is_dir() else path
+
+
+def read(path: Path) -> dict:
+    """The α table, refused with its file name if it is not one."""
+    file = table_path(path)
+    if not file.is_file():
+        raise InputError(f"{file}: no such file", hint="give a fit-cat output folder or its cat_weights.json")
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{file}: not valid JSON ({e})")
+    if not isinstance(doc, dict) or doc.get("command") != "fit-cat" or any(k not in doc for k in _KEYS):
+        raise InputError(f"{file}: not a fit-cat α table", hint="loramix fit-cat writes one as cat_weights.json")
+    _check_adapters(doc, file)
+    _check_alpha(doc, file)
+    return doc
+
+
+def _check_adapters(doc: dict, file: Path) -> None:
+    entries = doc["adapters"]
+    if not isinstance(entries, list) or len(entries) < 2:
+        raise InputError(f"{file}: \"adapters\" must list the two or more adapters the table weights")
+    for i, a in enumerate(entries, 1):
+        if not isinstance(a, dict) or any(not isinstance(a.get(k), str) for k in ("name", "path", "sha256")):
+            raise InputError(f"{file}: adapter {i} needs \"name\", \"path\" and \"sha256\" strings")
+    if not isinstance(doc["groups"], list) or not all(isinstance(g, str) for g in doc["groups"]):
+        raise InputError(f"{file}: \"groups\" must be a list of group names")
+
+
+def _check_alpha(doc: dict, file: Path) -> None:
+    k, alpha = len(doc["adapters"]), doc["alpha"]
+    if doc["granularity"] not in ("layer", "module", "global") or doc["param"] not in ("free", "softmax"):
+        raise InputError(f"{file}: unknown granularity {doc['granularity']!r} or param {doc['param']!r}")
+    if not isinstance(alpha, list) or len(alpha) != len(doc["groups"]):
+        rows = len(alpha) if isinstance(alpha, list) else "no list of"
+        raise InputError(f"{file}: alpha has {rows} rows for {len(doc['groups'])} groups")
+    for label, row in zip(doc["groups"], alpha):
+        if not isinstance(row, list) or len(row) != k:
+            raise InputError(f"{file}: group {label}: needs {k} values, one per adapter")
+        for v in row:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise InputError(f"{file}: group {label}: {v!r} is not a finite number")
+
+
+def recorded_paths(doc: dict, file: Path) -> list[Path]:
+    """The adapters the table was fitted with, where they were; refused if one is gone."""
+    paths = [Path(a["path"]) for a in doc["adapters"]]
+    for p in paths:
+        if not p.is_dir():
+            raise InputError(f"{table_path(file)}: its adapter {p} is gone", hint="give the adapters on the command line")
+    return paths
+
+
+def check_adapters(doc: dict, adapters: list, file: Path) -> None:
+    """The adapters must be the table's, in its order (matched by the sha256 of their weights)."""
+    file = table_path(file)
+    expected = [a["sha256"] for a in doc["adapters"]]
+    if len(adapters) != len(expected):
+        raise InputError(f"{file}: was fitted with {len(expected)} adapters, got {len(adapters)}")
+    for i, a in enumerate(adapters):
+        digest = a.sha256()
+        if digest == expected[i]:
+            continue
+        names = ", ".join(x["name"] for x in doc["adapters"])
+        if digest in expected:
+            raise InputError(f"{a.path}: is the table's adapter {expected.index(digest) + 1}, given as {i + 1}",
+                             hint=f"give them in the table's order: {names}")
+        raise InputError(f"{a.path}: is not an adapter {file.name} was fitted with (its weights differ)",
+                         hint=f"the table's adapters: {names}")
+
+
+def group_label(module: str, granularity: str) -> str:
+    from loramix.soup.layer import layer_of
+
+    if granularity == "global":
+        return "all"
+    return module if granularity == "module" else str(layer_of(module))
+
+
+def module_weights(doc: dict, adapters: list, file: Path) -> dict[str, list[float]]:
+    """{module: weight per adapter (0 where it lacks the module)} from the table."""
+    index = {label: g for g, label in enumerate(doc["groups"])}
+    names = sorted({n for a in adapters for n in a.modules})
+    out = {}
+    for name in names:
+        label = group_label(name, doc["granularity"])
+        if label not in index:
+            raise InputError(f"{table_path(file)}: has no α for {name} (group {label})")
+        row = doc["alpha"][index[label]]
+        has = [name in a.modules for a in adapters]
+        if any(h and v is None for h, v in zip(has, row)):
+            raise InputError(f"{table_path(file)}: group {label} has no α for an adapter with {name}")
+        weights = [float(v) if h else 0.0 for h, v in zip(has, row)]
+        if doc["param"] == "softmax":  # shares: renormalised over the adapters this module has
+            total = sum(weights)
+            if not total > 0:
+                raise InputError(f"{table_path(file)}: group {label}: softmax shares must be positive for {name}")
+            weights = [w / total for w in weights]
+        out[name] = weights
+    return out

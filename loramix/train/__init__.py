@@ -1,0 +1,1 @@
+"""Training: the optimiser loop shared by train-skill and fit-cat, and the train-skill job."""
