@@ -38,8 +38,8 @@ _loramix_cmd_eval() {
     case "$prev" in
         --data|-d) return ;;
         --adapter|-a) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
-        --base|-b) return ;;
-        --metric|-m) return ;;
+        --base|-b) compopt -o filenames 2>/dev/null; _loramix_reply -d; return ;;
+        --metric|-m) _loramix_reply -W 'exact loss numeric program'; return ;;
         --max-new-tokens) return ;;
         --batch-size) return ;;
         --limit) return ;;
@@ -49,8 +49,8 @@ _loramix_cmd_eval() {
         --timeout) return ;;
         --max-length) return ;;
         --predictions) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
-        --dtype) return ;;
-        --device) return ;;
+        --dtype) _loramix_reply -W 'auto bfloat16 float16 float32'; return ;;
+        --device) _loramix_reply -W 'auto cpu cuda'; return ;;
         --threads) return ;;
         --seed) return ;;
     esac

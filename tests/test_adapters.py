@@ -1,5 +1,5 @@
 """Adapter I/O at unit level: what `read_adapter` makes of adapters PEFT wrote, and what
-`write_adapter` + `lora_config` write back (DESIGN §2)."""
+`write_adapter` + `lora_config` write back (docs/architecture.md, Adapters on disk)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,8 @@ import shutil
 import pytest
 import torch
 
-from loramix.core.adapters import (
-    Adapter,
-    LoraModule,
-    check_compatible,
-    lora_config,
-    pattern_value,
-    read_adapter,
-    write_adapter,
-)
+from loramix.core.adapters import Adapter, LoraModule, check_compatible, pattern_value, read_adapter
+from loramix.core.profiles import lora_config, write_adapter
 from loramix.core.errors import AdapterError
 from tests.helpers import TARGETS, make_adapter
 

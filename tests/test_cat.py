@@ -1,4 +1,4 @@
-"""The CAT layer (loramix/layer.py): one concatenated low-rank product per module equals the
+"""The CAT layer (loramix/soup/layer.py): one concatenated low-rank product per module equals the
 adapters applied separately, only α learns, and folding α into B is exact."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.soup import layer
+from loramix.soup import layer, table
 from loramix.core.adapters import read_adapter
 from tests.helpers import delta_logits, logits, make_adapter
 
@@ -32,14 +32,14 @@ def _wrapped(base_dir, paths, **kw):
 
 def test_groups_per_granularity():
     names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj"]
-    assert layer.groups(names, "layer") == (["0", "1"], {names[0]: 0, names[1]: 0, names[2]: 1})
-    assert layer.groups(names, "module")[1] == {names[0]: 0, names[1]: 1, names[2]: 2}
-    assert layer.groups(names, "global") == (["all"], {n: 0 for n in names})
-    assert layer.layer_of("transformer.h.11.attn.c_attn") == 11
+    assert table.groups(names, "layer") == (["0", "1"], {names[0]: 0, names[1]: 0, names[2]: 1})
+    assert table.groups(names, "module")[1] == {names[0]: 0, names[1]: 1, names[2]: 2}
+    assert table.groups(names, "global") == (["all"], {n: 0 for n in names})
+    assert table.layer_of("transformer.h.11.attn.c_attn") == 11
     from loramix.core.errors import InputError
 
     with pytest.raises(InputError, match="no layer index"):
-        layer.layer_of("multi_modal_projector.linear_1")
+        table.layer_of("multi_modal_projector.linear_1")
 
 
 def test_alpha_one_is_the_exact_sum_of_the_adapters(base_dir, three):
@@ -83,7 +83,7 @@ def test_bad_choices_are_refused(base_dir, three):
 
 @pytest.mark.parametrize("profile", ["peft", "portable"])
 def test_the_folded_adapter_reloads_in_peft_with_the_fitted_logits(base_dir, three, tmp_path, profile):
-    from loramix.core.adapters import write_adapter
+    from loramix.core.profiles import write_adapter
     from loramix.core.profiles import layout
     from tests.helpers import peft_logits
 

@@ -117,6 +117,13 @@ def test_fish_offers_each_command_its_own_options():
 # --- values ------------------------------------------------------------------------------------
 
 
+def test_bash_offers_the_values_of_choice_options():
+    from loramix.evaluate.metrics import METRICS
+
+    assert sorted(bash_complete("loramix", "eval", "--metric", "")) == sorted(METRICS)
+    assert sorted(bash_complete("loramix", "fit-cat", "--granularity", "")) == ["global", "layer", "module"]
+
+
 def test_bash_offers_the_registered_merge_methods():
     from loramix.merge.methods import REGISTRY
 

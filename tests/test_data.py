@@ -1,4 +1,4 @@
-"""`loramix.core.data` (DESIGN §1): the three JSONL row formats and builtin:NAME[:SPLIT], every refusal
+"""`loramix.core.data`: the three JSONL row formats and builtin:NAME[:SPLIT], every refusal
 naming its file and line, the digest, and tokenization on a real (built-in-code) tokenizer."""
 
 from __future__ import annotations

@@ -6,21 +6,21 @@ import io
 
 from rich.console import Console
 
-from loramix.cli import render
+from loramix.cli.render import cells, console, progress
 
 FIELDS = {"loss": 0.1234, "tokens_per_s": 2500.0, "val_loss": None}
 
 
 def _console(monkeypatch, terminal: bool) -> io.StringIO:
     buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=terminal, width=120, color_system=None)
-    monkeypatch.setattr(render, "stderr", lambda: console)
+    fake = Console(file=buffer, force_terminal=terminal, width=120, color_system=None)
+    monkeypatch.setattr(console, "stderr", lambda: fake)
     return buffer
 
 
 def test_plain_lines_every_five_percent_and_at_validation(monkeypatch):
     buffer = _console(monkeypatch, terminal=False)
-    with render.training_progress("train-skill", 100) as report:
+    with progress.training_progress("train-skill", 100) as report:
         report(0, None)
         for step in range(1, 101):
             report(step, dict(FIELDS, val_loss=0.5 if step == 33 else None))
@@ -32,7 +32,7 @@ def test_plain_lines_every_five_percent_and_at_validation(monkeypatch):
 
 def test_a_bar_with_loss_and_speed_on_a_terminal(monkeypatch):
     buffer = _console(monkeypatch, terminal=True)
-    with render.training_progress("train-skill", 10) as report:
+    with progress.training_progress("train-skill", 10) as report:
         report(4, None)  # resumed at step 4
         report(5, FIELDS)
     out = buffer.getvalue()
@@ -40,4 +40,4 @@ def test_a_bar_with_loss_and_speed_on_a_terminal(monkeypatch):
 
 
 def test_seconds_are_readable():
-    assert render.fmt_seconds(42.4) == "42s" and render.fmt_seconds(125) == "2m05s"
+    assert cells.fmt_seconds(42.4) == "42s" and cells.fmt_seconds(125) == "2m05s"

@@ -1,4 +1,4 @@
-"""The built-in skills (DESIGN §4): deterministic rows, train and eval splits that never share a
+"""The built-in skills: deterministic rows, train and eval splits that never share a
 problem in any skill, completions whose arithmetic is the answer, and the number words."""
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from loramix.core import data
-from loramix.train import loop
-from loramix.train.loop import TrainConfig
+from loramix.train import loop, skill
+from loramix.train.skill import TrainConfig
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
@@ -18,8 +18,8 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 
 
 def test_every_example_is_used_once_per_epoch_in_a_seeded_order():
-    config = TrainConfig(data="x", out=None, batch_size=3, grad_accum=2, seed=5)
-    run = loop.Run(config, None, None, list(range(20)), [], "cpu", steps=8, steps_per_epoch=4)
+    settings = loop.LoopSettings(lr=1e-3, batch_size=3, grad_accum=2, seed=5)
+    run = loop.Run(settings, None, None, list(range(20)), [], "cpu", steps=8, steps_per_epoch=4)
     epoch0 = [x for s in range(4) for batch in loop.step_batches(run, s) for x in batch]
     epoch1 = [x for s in range(4, 8) for batch in loop.step_batches(run, s) for x in batch]
     assert sorted(epoch0) == sorted(epoch1) == list(range(20))
@@ -41,7 +41,7 @@ def _short_run(out, **kw):
     options = dict(data="builtin:math", out=out, limit=256, batch_size=16, max_steps=16, rank=8,
                    threads=1, val_fraction=0.0)
     options.update(kw)
-    return loop.prepare(TrainConfig(**options))
+    return skill.prepare(TrainConfig(**options))
 
 
 def test_short_run_lowers_eval_loss_and_the_adapter_reloads_in_peft(tmp_path):
@@ -49,13 +49,14 @@ def test_short_run_lowers_eval_loss_and_the_adapter_reloads_in_peft(tmp_path):
 
     from loramix.core import models
 
-    run = _short_run(tmp_path / "math")
+    prepared = _short_run(tmp_path / "math")
+    run = prepared.run
     run.val = [data.tokenize(r, run.tokenizer, 256) for r in data.load("builtin:math:eval", 64).rows]
     before = loop.validation_loss(run)
     history = loop.fit(run, lambda *_: None)
     after = loop.validation_loss(run)
     assert after < 0.7 * before, (before, after)
-    loop.save(run, history)
+    skill.save(prepared, history, tmp_path / "math", force=False)
     batch = data.collate(run.val[:4], run.tokenizer.pad_token_id)
     with torch.no_grad():
         ours = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -69,10 +70,10 @@ def test_short_run_lowers_eval_loss_and_the_adapter_reloads_in_peft(tmp_path):
 def test_text_rows_train_on_every_token(tmp_path):
     rows = tmp_path / "t.jsonl"
     rows.write_text("".join(f'{{"text": "print({i} * {i + 1})"}}\n' for i in range(40)))
-    run = _short_run(tmp_path / "out", data=str(rows), max_steps=2, batch_size=8)
+    run = _short_run(tmp_path / "out", data=str(rows), max_steps=2, batch_size=8).run
     assert all(all(t != data.IGNORE for t in labels) for _, labels in run.train)
     history = loop.fit(run, lambda *_: None)
-    assert len(history["loss"]) == 2 and history["tokens"] > 0
+    assert len(history.loss) == 2 and history.tokens > 0
 
 
 TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"

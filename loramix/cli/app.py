@@ -20,16 +20,16 @@ class LoramixGroup(TyperGroup):
     """Catches every failure of a command once and turns it into a message and an exit code."""
 
     def invoke(self, ctx):
-        from loramix.cli import render
+        from loramix.cli.render import console
 
         try:
             return super().invoke(ctx)
         except LoramixError as e:
             _debug_traceback(ctx)
-            render.error(e.message, e.hint)
+            console.error(e.message, e.hint)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
-            render.error("interrupted")
+            console.error("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED)
         except BrokenPipeError:  # `loramix ... | head`: the reader left; nothing to tell anyone
             import os
@@ -40,11 +40,11 @@ class LoramixGroup(TyperGroup):
         except OSError as e:
             _debug_traceback(ctx)
             where = f"{e.filename}: " if e.filename else ""
-            render.error(f"{where}{e.strerror or e}", "check the path, its permissions and the free disk space")
+            console.error(f"{where}{e.strerror or e}", "check the path, its permissions and the free disk space")
             raise typer.Exit(EXIT_RUNTIME)
         except MemoryError:
             _debug_traceback(ctx)
-            render.error("out of memory", "merge fewer or smaller adapters at a time, or use a larger machine")
+            console.error("out of memory", "merge fewer or smaller adapters at a time, or use a larger machine")
             raise typer.Exit(EXIT_RUNTIME)
         except (typer.Exit, typer.Abort):
             raise
@@ -52,15 +52,15 @@ class LoramixGroup(TyperGroup):
             if hasattr(e, "exit_code") and hasattr(e, "show"):  # usage errors: typer prints them, exit 2
                 raise
             _debug_traceback(ctx)
-            render.error(f"unexpected {type(e).__name__}: {e}", "run with --debug for the traceback")
+            console.error(f"unexpected {type(e).__name__}: {e}", "run with --debug for the traceback")
             raise typer.Exit(EXIT_RUNTIME)
 
 
 def _debug_traceback(ctx) -> None:
     if (ctx.obj or {}).get("debug"):
-        from loramix.cli import render
+        from loramix.cli.render import console
 
-        render.stderr().print(traceback.format_exc(), markup=False, highlight=False)
+        console.stderr().print(traceback.format_exc(), markup=False, highlight=False)
 
 
 app = typer.Typer(
@@ -91,7 +91,10 @@ def root(
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
 ) -> None:
     """Compose skills in language models by merging LoRA adapters."""
+    from loramix.cli.render import console
+
     ctx.obj = {"debug": debug}
+    console.install_log_handler()  # the library's warnings and notes, printed on stderr
 
 
 app.command("train-skill", no_args_is_help=True)(train_skill.train_skill)

@@ -7,14 +7,16 @@ from typing import Optional
 
 import typer
 
+from loramix.cli import options
+
 
 def demo(
     out: Path = typer.Option(Path("loramix-demo"), "--out", "-o", help="Folder for everything the demo writes."),
     quick: bool = typer.Option(False, "--quick", help="Smaller budgets (about a minute), same table."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every step."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: one per core]."),
+    seed: int = options.seed("every step"),
+    threads: Optional[int] = options.threads(),
     force: bool = typer.Option(False, "--force", "-f", help="Replace --out if an earlier demo made it."),
-    json_out: bool = typer.Option(False, "--json", help="Print demo.json instead of the tables."),
+    json_out: bool = options.json_out("the tables (demo.json)"),
 ) -> None:
     """Compose two skills on loramix-tiny, LoRA Soups' experiment in a few minutes on a CPU.
 
@@ -26,18 +28,14 @@ def demo(
 
     Example: loramix demo --quick -o /tmp/demo
     """
-    from loramix.cli import render
+    from loramix.cli.render import console, progress, views
     from loramix.demo.plan import DemoConfig
     from loramix.demo.run import run_demo
 
     config = DemoConfig(out=out, quick=quick, seed=seed, threads=threads, force=force)
-
-    def say(text: str) -> None:
-        render.stderr().print(text, highlight=False, markup=False)
-
-    doc = run_demo(config, render.training_progress, render.progress_items, say)
+    doc = run_demo(config, progress.training_progress, progress.progress_items)
     if json_out:
-        render.print_json(doc)
+        console.print_json(doc)
         return
-    for part in render.demo_view(doc, out, render.color_enabled(render.stdout())):
-        render.stdout().print(part, soft_wrap=True, highlight=False)  # commands stay whole, to copy
+    for part in views.demo_view(doc, out, console.color_enabled(console.stdout())):
+        console.stdout().print(part, soft_wrap=True, highlight=False)  # commands stay whole, to copy

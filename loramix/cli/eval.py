@@ -7,13 +7,17 @@ from typing import List, Optional
 
 import typer
 
+from loramix.cli import options
+from loramix.core.models import DType
+from loramix.evaluate.metrics import Metric
+
 
 def eval_models(
     data: str = typer.Option(..., "--data", "-d", help="JSONL or builtin:NAME[:SPLIT] (built-in data: the eval split by default).", show_default=False),
     adapters: Optional[List[Path]] = typer.Option(None, "--adapter", "-a", help="An adapter folder to score; repeat for more.", show_default=False),
-    base: Optional[str] = typer.Option(None, "--base", "-b", help="Base model [default: the one the adapters record, else loramix-tiny]."),
+    base: Optional[str] = options.base(help="Base model [default: the one the adapters record, else loramix-tiny]."),
     with_base: bool = typer.Option(True, "--with-base/--no-base", help="Score the base model too (the first row)."),
-    metric: str = typer.Option("exact", "--metric", "-m", help="exact, numeric, program or loss."),
+    metric: Metric = typer.Option("exact", "--metric", "-m", case_sensitive=False, help="exact (normalised text), numeric (the last number), program (run it) or loss."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens generated per item at most."),
     batch_size: int = typer.Option(32, "--batch-size", help="Items per batch."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score the first N items only."),
@@ -24,13 +28,13 @@ def eval_models(
     timeout: float = typer.Option(5.0, "--timeout", help="program: wall-clock seconds per program."),
     max_length: int = typer.Option(1024, "--max-length", help="loss: tokens kept per row."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write one JSONL row per item and model (prompt, output, expected, score)."),
-    load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="Load the base in 4 bits (nf4, bitsandbytes; CPU or GPU)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: one per core]."),
-    seed: int = typer.Option(0, "--seed", help="Seed (generation is greedy; the loss interval's bootstrap)."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace --predictions if it exists."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
+    load_in_4bit: bool = options.load_in_4bit(),
+    dtype: DType = options.dtype(),
+    device: str = options.device(),
+    threads: Optional[int] = options.threads(),
+    seed: int = options.seed("the loss interval's bootstrap (generation is greedy)"),
+    force: bool = options.force("--predictions"),
+    json_out: bool = options.json_out("the table"),
 ) -> None:
     """Score the base and each adapter on the same items, side by side.
 
@@ -41,18 +45,18 @@ def eval_models(
 
     Example: loramix eval -d builtin:math-code -a math/ -a code/ -a soup/ --metric program
     """
-    from loramix.cli import render
+    from loramix.cli.render import console, progress, views
     from loramix.evaluate.job import EvalConfig, run_eval
 
     config = EvalConfig(
-        data=data, adapters=list(adapters or []), base=base, with_base=with_base, metric=metric,
+        data=data, adapters=list(adapters or []), base=base, with_base=with_base, metric=metric.value,
         max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, stops=list(stop) if stop else None,
         few_shot=few_shot, chat_template=chat_template, tolerance=tolerance, timeout=timeout, max_length=max_length,
-        predictions=predictions, load_in_4bit=load_in_4bit, dtype=dtype, device=device, threads=threads, seed=seed,
-        force=force,
+        predictions=predictions, load_in_4bit=load_in_4bit, dtype=dtype.value, device=device, threads=threads,
+        seed=seed, force=force,
     )
-    doc = run_eval(config, render.progress_items)
+    report = run_eval(config, progress.progress_items)
     if json_out:
-        render.print_json(doc)
+        console.print_json(report.to_json())
     else:
-        render.stdout().print(render.eval_table(doc))
+        console.stdout().print(views.eval_table(report))

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from loramix.cli import options
+
 from loramix.core.errors import InputError
 
 
@@ -14,16 +16,16 @@ def inspect(
     paths: List[Path] = typer.Argument(..., help="One adapter folder or fit-cat result, or two adapters to compare.", show_default=False),
     density: float = typer.Option(0.2, "--density", help="Comparing: TIES trim before counting sign conflicts (1 = every entry)."),
     svg: Optional[Path] = typer.Option(None, "--svg", help="Also save the picture as an SVG file."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+    json_out: bool = options.json_out(),
 ) -> None:
     """Show an adapter (base, ranks, alpha, targets, parameters, and a layers × modules heatmap of
     ‖ΔW‖_F), or compare two adapters per layer (cosine similarity of the deltas, TIES sign-conflict
-    rate). On a fit-cat result (or its table.json), show the fit and the α heatmap: layers
+    rate). On a fit-cat result (or its cat_weights.json), show the fit and the α heatmap: layers
     down, adapters across (adapter × module for --granularity module).
 
     Example: loramix inspect math/ code/ --svg compare.svg
     """
-    from loramix.cli import render
+    from loramix.cli.render import progress, views
     from loramix.core.adapters import check_compatible, read_adapter
     from loramix.inspect.report import adapter_report, compare_report
 
@@ -32,21 +34,18 @@ def inspect(
     if not 0.0 < density <= 1.0:
         raise InputError(f"--density must be in (0, 1], got {density}")
     if len(paths) == 1 and _is_cat_result(paths[0]):
-        report, draw = _cat_report(paths[0])
-        _show(report, draw, paths, svg, json_out)
+        _show(_cat_view(paths[0]), views.inspect_cat_view, paths, svg, json_out)
         return
     adapters = [read_adapter(p) for p in paths]
     if len(adapters) == 1:
-        report = adapter_report(adapters[0])
-        draw = render.adapter_view
-    else:
-        check_compatible(adapters)
-        a, b = adapters
-        shared = len(set(a.modules) & set(b.modules))
-        with render.progress("comparing", shared) as step:
-            report = compare_report(a, b, density, on_module=step)
-        draw = render.compare_view
-    _show(report, draw, paths, svg, json_out)
+        _show(adapter_report(adapters[0]), views.adapter_view, paths, svg, json_out)
+        return
+    check_compatible(adapters)
+    a, b = adapters
+    shared = len(set(a.modules) & set(b.modules))
+    with progress.progress("comparing", shared) as step:
+        report = compare_report(a, b, density, on_module=step)
+    _show(report, views.compare_view, paths, svg, json_out)
 
 
 def _is_cat_result(path: Path) -> bool:
@@ -55,25 +54,21 @@ def _is_cat_result(path: Path) -> bool:
     return (path / TABLE_NAME).is_file() if path.is_dir() else path.name.endswith(".json")
 
 
-def _cat_report(path: Path):
-    from functools import partial
-
+def _cat_view(path: Path):
+    from loramix.inspect.report import cat_view
     from loramix.soup import table
-    from loramix.cli import render
-    from loramix.inspect.report import cat_heatmap
 
-    doc = table.read(path)
-    folder = table.table_path(path).parent
-    return {"path": str(folder), **doc, "heatmap": cat_heatmap(doc)}, partial(render.cat_view, out=str(folder))
+    return cat_view(str(table.table_path(path).parent), table.read(path))
 
 
-def _show(report: dict, draw, paths: List[Path], svg: Optional[Path], json_out: bool) -> None:
-    from loramix.cli import render
+def _show(report, draw, paths: List[Path], svg: Optional[Path], json_out: bool) -> None:
+    """Print `report` as JSON or as `draw(report, color)` draws it; --svg saves the drawing too."""
+    from loramix.cli.render import console
 
     if svg is not None:
-        render.save_svg(svg, draw(report, color=True), title=f"loramix inspect {' '.join(map(str, paths))}")
+        console.save_svg(svg, draw(report, color=True), title=f"loramix inspect {' '.join(map(str, paths))}")
     if json_out:
-        render.print_json(report)
+        console.print_json(report.to_json())
         return
-    for part in draw(report, color=render.color_enabled()):
-        render.stdout().print(part)
+    for part in draw(report, color=console.color_enabled()):
+        console.stdout().print(part)

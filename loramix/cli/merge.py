@@ -8,24 +8,28 @@ from typing import List, Optional
 
 import typer
 
+from loramix.cli import options
 from loramix.core.errors import InputError
+from loramix.core.profiles import Profile
+from loramix.merge.job import MajoritySign
+from loramix.merge.names import MethodName
 
 
 def merge(
     adapters: Optional[List[Path]] = typer.Argument(None, help="Adapter folders (PEFT layout).", show_default=False),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Merge method; see --list-methods."),
+    method: Optional[MethodName] = typer.Option(None, "--method", "-m", case_sensitive=False, show_default=False, help="Merge method; see --list-methods."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="One weight per adapter, e.g. 1,0.5 [default: all 1]."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="One weight per adapter, comma-separated, e.g. 1,0.5 [default: all 1]."),
     density: Optional[float] = typer.Option(None, "--density", help="Fraction of entries kept (ties, dare_*, magnitude_prune)."),
-    majority_sign: Optional[str] = typer.Option(None, "--majority-sign", help="TIES sign election: total or frequency [default: total]."),
-    rank: Optional[int] = typer.Option(None, "--rank", "-r", help="Rank of the written adapter [default: sum of input ranks; svd: the largest]."),
-    profile: str = typer.Option("peft", "--profile", help="peft (ranks per module) or portable (uniform rank, alpha == r, for vLLM and llama.cpp)."),
+    majority_sign: Optional[MajoritySign] = typer.Option(None, "--majority-sign", case_sensitive=False, show_default=False, help="TIES sign election [default: total]."),
+    rank: Optional[int] = options.rank("Rank of the written adapter [default: sum of input ranks; svd: the largest]."),
+    profile: Profile = options.profile(),
     cat_weights: Optional[Path] = typer.Option(None, "--cat-weights", help="fit-cat's α table (its output folder or cat_weights.json): rebuild the adapter with -m cat [adapters default to the table's]."),
     into_base: Optional[str] = typer.Option(None, "--into-base", help="Write a full merged model on this base instead of an adapter."),
     list_methods: bool = typer.Option(False, "--list-methods", help="List the merge methods and exit."),
-    seed: int = typer.Option(0, "--seed", help="Seed for DARE's random drops and the randomized SVD."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+    seed: int = options.seed("DARE's random drops and the randomized SVD"),
+    force: bool = options.force(),
+    json_out: bool = options.json_out(),
 ) -> None:
     """Merge adapters without data, exactly on the deltas ΔW = s·B·A.
 
@@ -38,29 +42,34 @@ def merge(
 
     Example: loramix merge math/ code/ -m ties --density 0.2 --weights 1,1 -o merged/
     """
-    from loramix.cli import render
+    from loramix.cli.render import console, progress, views
 
     if list_methods:
         _list_methods(json_out)
         return
     if method is None and cat_weights is not None:
-        method = "cat"
+        method = MethodName.cat
     if method is None or out is None:
         raise InputError("merge needs --method and --out", hint="loramix merge A/ B/ -m linear -o merged/")
     from loramix.merge.job import MergeRequest, run_merge
 
     req = MergeRequest(
-        adapters=list(adapters or []), method=method, out=out, weights=_parse_weights(weights),
-        density=density, majority_sign=majority_sign, rank=rank, profile=_check_profile(profile),
-        into_base=into_base, seed=seed, force=force, cat_weights=cat_weights,
+        adapters=list(adapters or []), method=method.value, out=out, weights=_parse_weights(weights),
+        density=density, majority_sign=majority_sign.value if majority_sign else None, rank=rank,
+        profile=profile.value, into_base=into_base, seed=seed, force=force, cat_weights=cat_weights,
     )
-    report = run_merge(req, progress=render.progress)
-    for message in report["warnings"]:
-        render.warning(message)
-    if json_out:
-        render.print_json(report)
+    if cat_weights is not None:
+        from loramix.soup.rebuild import rebuild
+
+        report = rebuild(req, progress.progress)
     else:
-        render.stdout().print(render.merge_summary(report))
+        report = run_merge(req, progress.progress)
+    for message in report.warnings:
+        console.warning(message)
+    if json_out:
+        console.print_json(report.to_json())
+    else:
+        console.stdout().print(views.merge_summary(report))
 
 
 def _parse_weights(text: Optional[str]) -> Optional[list[float]]:
@@ -75,16 +84,8 @@ def _parse_weights(text: Optional[str]) -> Optional[list[float]]:
     return weights
 
 
-def _check_profile(profile: str) -> str:
-    from loramix.core.profiles import PROFILES
-
-    if profile not in PROFILES:
-        raise InputError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    return profile
-
-
 def _list_methods(json_out: bool) -> None:
-    from loramix.cli import render
+    from loramix.cli.render import console, views
     from loramix.merge.methods import REGISTRY
 
     rows = [
@@ -99,6 +100,6 @@ def _list_methods(json_out: bool) -> None:
         for m in REGISTRY.values()
     ]
     if json_out:
-        render.print_json({"methods": rows})
+        console.print_json({"methods": rows})
     else:
-        render.stdout().print(render.methods_table(rows))
+        console.stdout().print(views.methods_table(rows))

@@ -7,11 +7,14 @@ from typing import Optional
 
 import typer
 
+from loramix.cli import options
+from loramix.core.models import DType
+
 
 def train_skill(
     data: str = typer.Argument(..., help="A JSONL file or builtin:NAME[:SPLIT] (see `loramix data`).", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Output adapter folder.", show_default=False),
-    base: str = typer.Option("loramix-tiny", "--base", "-b", help="Base model: loramix-tiny, a local folder or a hub name."),
+    base: str = options.base("loramix-tiny", "Base model: loramix-tiny, a local folder or a hub name."),
     rank: int = typer.Option(32, "--rank", "-r", help="LoRA rank."),
     alpha: float = typer.Option(64.0, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
     targets: Optional[str] = typer.Option(None, "--targets", "-t", help="Comma-separated module names, e.g. q_proj,v_proj [default: every attention and MLP projection]."),
@@ -26,14 +29,14 @@ def train_skill(
     save_every: int = typer.Option(0, "--save-every", help="Write a checkpoint every N steps (0: only on Ctrl-C)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT-checkpoint, the checkpoint of an interrupted run."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows of DATA."),
-    load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="Load the base in 4 bits (nf4, bitsandbytes; CPU or GPU)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 [auto: float32 on a CPU, bfloat16 on a GPU]."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: one per core; use 1 when other processes keep the CPU busy, see README]."),
+    load_in_4bit: bool = options.load_in_4bit(),
+    dtype: DType = options.dtype(),
+    device: str = options.device(),
+    threads: Optional[int] = options.threads(),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a base model to run its own Python code."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the LoRA init, the validation split and the data order."),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace --out (and any old checkpoint) if it exists."),
-    json_out: bool = typer.Option(False, "--json", help="Print the training log as JSON instead of a table."),
+    seed: int = options.seed("the LoRA init, the validation split and the data order"),
+    force: bool = options.force("--out (and any old checkpoint)"),
+    json_out: bool = options.json_out("a table"),
 ) -> None:
     """Train one LoRA on one skill's data and write it as a PEFT adapter plus train_log.json.
 
@@ -43,21 +46,21 @@ def train_skill(
 
     Example: loramix train-skill builtin:math -o math/ --rank 16
     """
-    from loramix.cli import render
-    from loramix.train.loop import TrainConfig, run_training
+    from loramix.cli.render import console, progress, views
+    from loramix.train.skill import TrainConfig, run_training
 
     config = TrainConfig(
         data=data, out=out, base=base, rank=rank, alpha=alpha, targets=_split(targets), lr=lr, epochs=epochs,
         max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
         val_fraction=val_fraction, warmup=warmup, save_every=save_every, resume=resume, seed=seed,
-        load_in_4bit=load_in_4bit, dtype=dtype, device=device, threads=threads, limit=limit,
+        load_in_4bit=load_in_4bit, dtype=dtype.value, device=device, threads=threads, limit=limit,
         trust_remote_code=trust_remote_code, force=force,
     )
-    log = run_training(config, lambda total: render.training_progress("train-skill", total))
+    log = run_training(config, lambda total: progress.training_progress("train-skill", total))
     if json_out:
-        render.print_json({k: v for k, v in log.items()})
+        console.print_json(log.to_json())
     else:
-        render.stdout().print(render.train_summary(log, out))
+        console.stdout().print(views.train_summary(log, out))
 
 
 def _split(text: Optional[str]) -> Optional[list[str]]:

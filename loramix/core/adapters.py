@@ -25,7 +25,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 PREFIX = "base_model.model."
-_A_SUFFIX, _B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 # key fragment -> what it is, for inputs that cannot be merged exactly
 _UNMERGEABLE_KEYS = {
     "lora_magnitude_vector": "DoRA magnitude vectors",
@@ -236,7 +236,7 @@ def _build_modules(path: Path, config: dict, tensors: dict) -> dict[str, LoraMod
     _refuse_unmergeable_keys(weights, tensors)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
-        for suffix, part in ((_A_SUFFIX, "A"), (_B_SUFFIX, "B")):
+        for suffix, part in ((A_SUFFIX, "A"), (B_SUFFIX, "B")):
             if key.endswith(suffix):
                 name = key[: -len(suffix)]
                 name = name[len(PREFIX) :] if name.startswith(PREFIX) else name
@@ -322,68 +322,3 @@ def check_compatible(adapters: list[Adapter]) -> None:
 
 def _norm_base(base: str) -> str:
     return base.rstrip("/")
-
-
-# fields of an input config carried into a written one; everything else is set explicitly or dropped
-# (an unknown field such as exclude_modules or layer_replication could change what PEFT loads)
-_KEPT_CONFIG_KEYS = ("task_type", "revision", "fan_in_fan_out", "lora_dropout", "auto_mapping")
-
-
-def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
-    """A clean PEFT LoRA config for modules whose scale is baked into B (runtime scale 1).
-
-    The most common rank becomes `r` (and `lora_alpha`); other modules get `rank_pattern` and
-    `alpha_pattern` entries equal to their rank, so every module's scale is exactly 1. Pattern keys
-    are `^` + the escaped full name: PEFT matches a key against the end of a module's name, so an
-    unanchored `a.b` would also match a module `x.a.b`.
-    """
-    counts: dict[int, int] = {}
-    for r in ranks.values():
-        counts[r] = counts.get(r, 0) + 1
-    r = max(counts, key=lambda k: (counts[k], k))
-    pattern = {"^" + re.escape(name): rk for name, rk in ranks.items() if rk != r}
-    config = {k: template[k] for k in _KEPT_CONFIG_KEYS if k in template}
-    config.update(
-        peft_type="LORA",
-        base_model_name_or_path=base,
-        r=r,
-        lora_alpha=r,
-        rank_pattern=pattern,
-        alpha_pattern=dict(pattern),
-        use_rslora=False,
-        use_dora=False,
-        modules_to_save=None,
-        bias="none",
-        target_modules=target_modules(list(ranks)),
-        layers_to_transform=None,
-        layers_pattern=None,
-        init_lora_weights=True,
-        inference_mode=True,
-    )
-    config.setdefault("task_type", "CAUSAL_LM")
-    return config
-
-
-def target_modules(names: list[str]) -> list[str]:
-    """PEFT's target_modules: the module kinds (q_proj, ...) when every kind is in the same layers,
-    else the full names, so that no layer gets empty LoRA modules for a kind it does not have."""
-    from loramix.inspect.analysis import split_module
-
-    layers: dict[str, set] = {}
-    for name in names:
-        layers.setdefault(name.rsplit(".", 1)[-1], set()).add(split_module(name)[0])
-    if len({frozenset(v) for v in layers.values()}) <= 1:
-        return sorted(layers)
-    return sorted(names)
-
-
-def write_adapter(folder: Path, config: dict, factors: dict[str, tuple]) -> None:
-    """Write `adapter_config.json` and `adapter_model.safetensors` (PEFT's key names) into `folder`."""
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for name, (A, B) in factors.items():
-        tensors[f"{PREFIX}{name}{_A_SUFFIX}"] = A.contiguous()
-        tensors[f"{PREFIX}{name}{_B_SUFFIX}"] = B.contiguous()
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from loramix.core import log
 from loramix.core.errors import InputError
 
 IGNORE = -100
@@ -174,12 +175,11 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
 
 
 def warn_held_out(source: str) -> None:
-    from loramix.cli import render
     from loramix.zoo.skills import SKILLS
 
     name, _, split = source.removeprefix(BUILTIN).partition(":")
     if source.startswith(BUILTIN) and (split == "eval" or SKILLS[name].composite):
-        render.warning(f"{source} is held out for evaluation; a LoRA trained on it is an upper bound, not a skill")
+        log.warn(f"{source} is held out for evaluation; a LoRA trained on it is an upper bound, not a skill")
 
 
 def tokenize_rows(rows: list[dict], tokenizer, max_length: int, label: str) -> list:
@@ -202,7 +202,6 @@ def has_loss(example) -> bool:
 
 def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> list:
     """Tokenized rows that keep at least one loss token within --max-length (a warning counts the rest)."""
-    from loramix.cli import render
 
     examples = tokenize_rows(rows, tokenizer, max_length, label)
     kept = [e for e in examples if has_loss(e)]
@@ -210,7 +209,7 @@ def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> li
         raise InputError(f"{label}: no row has a completion token within --max-length {max_length}",
                          hint="raise --max-length or shorten the prompts")
     if len(kept) < len(examples):
-        render.warning(f"{len(examples) - len(kept)} of {len(examples)} rows have no completion token within "
+        log.warn(f"{len(examples) - len(kept)} of {len(examples)} rows have no completion token within "
                        f"--max-length {max_length} and are skipped")
     return kept
 
@@ -233,8 +232,7 @@ _warned: set[str] = set()
 
 
 def _warn_once(message: str) -> None:
-    from loramix.cli import render
 
     if message not in _warned:
         _warned.add(message)
-        render.warning(message)
+        log.warn(message)

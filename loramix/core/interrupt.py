@@ -21,9 +21,9 @@ class stop_on_interrupt:
         if self.flag:
             raise KeyboardInterrupt
         self.flag = True
-        from loramix.cli import render
+        from loramix.core import log
 
-        render.warning("stopping after this step to save a checkpoint (Ctrl-C again to abort now)")
+        log.warn("stopping after this step to save a checkpoint (Ctrl-C again to abort now)")
 
     def __exit__(self, *exc):
         import signal

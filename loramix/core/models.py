@@ -3,12 +3,24 @@ the hub is reachable); tokenizer, dtype, device, threads and 4-bit (nf4) loading
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 from loramix.core.errors import InputError, LoramixError
 
 BUNDLED = "loramix-tiny"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class DType(str, Enum):
+    """--dtype: auto is float32 on a CPU, bfloat16 on a GPU that has it, else float16."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+DTYPES = tuple(d.value for d in DType)
 
 
 def quiet_libraries() -> None:
@@ -63,9 +75,9 @@ def base_of(adapters: list, given: str | None) -> str:
     if given is None:
         return adapters[0].base if adapters else BUNDLED
     if adapters and base_record(given) != base_record(adapters[0].base):
-        from loramix.cli import render
+        from loramix.core import log
 
-        render.warning(f"--base {given} is not the base the adapters record ({adapters[0].base})")
+        log.warn(f"--base {given} is not the base the adapters record ({adapters[0].base})")
     return given
 
 

@@ -1,4 +1,4 @@
-"""Output profiles: how merged factors (scale 1, float32) are laid out in the written adapter.
+"""Writing adapters: the config, the profile that lays out merged factors (scale 1, float32), the files.
 
 - `peft`: each module at its own rank; one `r` plus `rank_pattern`/`alpha_pattern` for the rest,
   with alpha equal to rank everywhere so the runtime scale is 1.
@@ -8,15 +8,30 @@
 
 from __future__ import annotations
 
-import torch
+import json
+import re
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from loramix.core.adapters import lora_config
+from loramix.core.adapters import A_SUFFIX, B_SUFFIX, CONFIG_NAME, PREFIX, WEIGHTS_NAME
 
-PROFILES = ("peft", "portable")
+if TYPE_CHECKING:
+    import torch
+
+
+class Profile(str, Enum):
+    peft = "peft"
+    portable = "portable"
+
+
+PROFILES = tuple(p.value for p in Profile)
 
 
 def pad_rank(A: torch.Tensor, B: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad A (r, in) and B (out, r) to `rank`; B @ A is unchanged."""
+    import torch
+
     extra = rank - A.shape[0]
     if extra <= 0:
         return A, B
@@ -42,3 +57,68 @@ def layout(
     ranks = {n: A.shape[0] for n, (A, _) in factors.items()}
     config = lora_config(template, ranks=ranks, base=base)
     return config, {n: (A.to(dtype), B.to(dtype)) for n, (A, B) in factors.items()}
+
+
+# fields of an input config carried into a written one; everything else is set explicitly or dropped
+# (an unknown field such as exclude_modules or layer_replication could change what PEFT loads)
+_KEPT_CONFIG_KEYS = ("task_type", "revision", "fan_in_fan_out", "lora_dropout", "auto_mapping")
+
+
+def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
+    """A clean PEFT LoRA config for modules whose scale is baked into B (runtime scale 1).
+
+    The most common rank becomes `r` (and `lora_alpha`); other modules get `rank_pattern` and
+    `alpha_pattern` entries equal to their rank, so every module's scale is exactly 1. Pattern keys
+    are `^` + the escaped full name: PEFT matches a key against the end of a module's name, so an
+    unanchored `a.b` would also match a module `x.a.b`.
+    """
+    counts: dict[int, int] = {}
+    for r in ranks.values():
+        counts[r] = counts.get(r, 0) + 1
+    r = max(counts, key=lambda k: (counts[k], k))
+    pattern = {"^" + re.escape(name): rk for name, rk in ranks.items() if rk != r}
+    config = {k: template[k] for k in _KEPT_CONFIG_KEYS if k in template}
+    config.update(
+        peft_type="LORA",
+        base_model_name_or_path=base,
+        r=r,
+        lora_alpha=r,
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        use_rslora=False,
+        use_dora=False,
+        modules_to_save=None,
+        bias="none",
+        target_modules=target_modules(list(ranks)),
+        layers_to_transform=None,
+        layers_pattern=None,
+        init_lora_weights=True,
+        inference_mode=True,
+    )
+    config.setdefault("task_type", "CAUSAL_LM")
+    return config
+
+
+def target_modules(names: list[str]) -> list[str]:
+    """PEFT's target_modules: the module kinds (q_proj, ...) when every kind is in the same layers,
+    else the full names, so that no layer gets empty LoRA modules for a kind it does not have."""
+    from loramix.core.modules import parse
+
+    layers: dict[str, set] = {}
+    for name in names:
+        layers.setdefault(name.rsplit(".", 1)[-1], set()).add(parse(name).layer)
+    if len({frozenset(v) for v in layers.values()}) <= 1:
+        return sorted(layers)
+    return sorted(names)
+
+
+def write_adapter(folder: Path, config: dict, factors: dict[str, tuple]) -> None:
+    """Write `adapter_config.json` and `adapter_model.safetensors` (PEFT's key names) into `folder`."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (A, B) in factors.items():
+        tensors[f"{PREFIX}{name}{A_SUFFIX}"] = A.contiguous()
+        tensors[f"{PREFIX}{name}{B_SUFFIX}"] = B.contiguous()
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from loramix.core import log
 from loramix.demo import plan
 from loramix.demo.plan import CAT_OPTIONS, MERGES, METRICS, SKILLS, DemoConfig
 
+if TYPE_CHECKING:
+    from loramix.merge.report import MergeReport
+    from loramix.soup.report import FitReport
+    from loramix.train.report import TrainLog
 
-def run_demo(c: DemoConfig, train_progress, item_progress, say) -> dict:
-    """Train, fit, merge and score; writes plan.json beside the adapters and returns it.
-    `say(text)` reports each step on stderr."""
+
+def run_demo(c: DemoConfig, train_progress, item_progress) -> dict:
+    """Train, fit, merge and score; writes demo.json beside the adapters and returns it. Each
+    step is announced through loramix.core.log."""
     plan.prepare_folder(c)
     began, seconds = time.perf_counter(), {}
 
     def step(name: str, fn, *args):
-        say(f"demo: {name}")
+        log.note(f"demo: {name}")
         t = time.perf_counter()
         result = fn(*args)
         seconds[name] = round(time.perf_counter() - t, 1)
         return result
 
     logs = [step(f"train the {s} skill LoRA", train_skill, c, f"builtin:{s}", c.out / s, train_progress) for s in SKILLS]
-    mix_steps = logs[0]["steps"]  # the same steps budget as a skill LoRA
+    mix_steps = logs[0].steps  # the same steps budget as a skill LoRA
     step("train the data-mix LoRA (both skills' rows)", train_skill, c, str(plan.write_mix(c)), c.out / "mix",
          train_progress, mix_steps)
     step("fit CAT (α per layer, 5% of each skill's data)", fit, c, train_progress)
@@ -38,23 +45,23 @@ def run_demo(c: DemoConfig, train_progress, item_progress, say) -> dict:
     return doc
 
 
-def train_skill(c: DemoConfig, data: str, out: Path, progress, max_steps: int | None = None) -> dict:
-    from loramix.train.loop import TrainConfig, run_training
+def train_skill(c: DemoConfig, data: str, out: Path, progress, max_steps: int | None = None) -> TrainLog:
+    from loramix.train.skill import TrainConfig, run_training
 
     limit = c.budget["rows"] if data.startswith("builtin:") else None
     config = TrainConfig(data=data, out=out, limit=limit, max_steps=max_steps, seed=c.seed, threads=c.threads)
     return run_training(config, lambda total: progress(out.name, total))
 
 
-def fit(c: DemoConfig, progress) -> dict:
+def fit(c: DemoConfig, progress) -> FitReport:
     from loramix.soup.fit import CatConfig, run_fit
 
     config = CatConfig(adapters=[c.out / s for s in SKILLS], data=[f"builtin:{s}" for s in SKILLS],
-                               out=c.out / "cat", seed=c.seed, threads=c.threads, **CAT_OPTIONS)
+                       out=c.out / "cat", seed=c.seed, threads=c.threads, **CAT_OPTIONS)
     return run_fit(config, lambda total: progress("fit-cat", total))
 
 
-def merge(c: DemoConfig, folder: str, method: str, weights: str) -> dict:
+def merge(c: DemoConfig, folder: str, method: str, weights: str) -> MergeReport:
     from loramix.merge.job import MergeRequest, run_merge
 
     request = MergeRequest(adapters=[c.out / s for s in SKILLS], method=method, out=c.out / folder,
@@ -68,7 +75,7 @@ def score(c: DemoConfig, task: str, metric: str, progress) -> dict:
     adapters = [c.out / folder for _, folder in plan.models_in_order() if folder]
     config = EvalConfig(data=f"builtin:{task}", adapters=adapters, metric=metric, limit=c.budget["eval"],
                         max_new_tokens=24, batch_size=64, seed=c.seed, threads=c.threads)
-    doc = run_eval(config, progress)
+    doc = run_eval(config, progress).to_json()
     plan.save_json(c.out / f"eval-{task}.json", doc)
     return doc
 

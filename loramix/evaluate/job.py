@@ -15,6 +15,7 @@ from pathlib import Path
 from loramix.evaluate import generation
 from loramix.evaluate import metrics
 from loramix.core.errors import InputError
+from loramix.evaluate.report import EvalReport, EvalSettings, ModelScore
 
 
 @dataclass
@@ -157,13 +158,13 @@ def model_names(adapters: list[Path]) -> list[str]:
     return names
 
 
-def run_eval(c: EvalConfig, progress) -> dict:
-    """Check, load, score every model, write --predictions; returns the report `--json` prints.
+def run_eval(c: EvalConfig, progress) -> EvalReport:
+    """Check, load, score every model, write --predictions; returns the report (`--json` prints it).
     `progress(description, total)` is a context manager yielding a function called with items done."""
     import torch
 
-    from loramix.cli import render
-    from loramix.evaluate import score
+    from loramix.core import log
+    from loramix.evaluate import modelset, score
 
     check_options(c)
     dataset = load_rows(c)
@@ -171,18 +172,20 @@ def run_eval(c: EvalConfig, progress) -> dict:
     prefix, stops = few_shot_prefix(c.few_shot), default_stops(c, dataset.rows)
     inputs = model_inputs(c, dataset, tokenizer, prefix)
     expected = None if c.metric == "loss" else expected_values(c, dataset.rows, run_programs(c), dataset.source)
-    ms = score.load_models(c, adapters, base, path, tokenizer, model_names(c.adapters))
+    ms = modelset.load_models(c, adapters, base, path, tokenizer, model_names(c.adapters))
     torch.manual_seed(c.seed)  # greedy decoding is deterministic; this pins anything else
     results, records = [], []
     for name, adapter in ms.entries():
         with ms.active(adapter), progress(f"scoring {name}", len(dataset.rows)) as advance:
             if c.metric == "loss":
-                row = score.score_loss(ms, inputs, dataset.rows, c, advance)
+                result, items = score.score_loss(ms, inputs, dataset.rows, c, advance)
             else:
-                row = score.score_generation(ms, inputs, dataset.rows, expected, stops, c, run_programs(c), advance)
-        records += [dict(model=name, index=i, **item) for i, item in enumerate(row.pop("items"))]
-        results.append({"name": name, "adapter": None if adapter is None else str(Path(adapter).resolve()), **row})
-        render.stderr().print(f"eval: {name}: {c.metric} {render.fmt_num(row['score'], 4)}", highlight=False)
+                result, items = score.score_generation(ms, inputs, dataset.rows, expected, stops, c, run_programs(c),
+                                                       advance)
+        result.name, result.adapter = name, None if adapter is None else str(Path(adapter).resolve())
+        records += [dict(model=name, index=i, **item) for i, item in enumerate(items)]
+        results.append(result)
+        log.note(f"eval: {name}: {c.metric} {result.score:.4g}")
     if c.predictions is not None:
         write_predictions(c.predictions, records)
     return report(c, dataset, ms, stops, prefix, results)
@@ -229,15 +232,12 @@ def model_inputs(c: EvalConfig, dataset, tokenizer, prefix: str) -> list:
     return examples
 
 
-def report(c: EvalConfig, dataset, ms, stops: list[str], prefix: str, results: list[dict]) -> dict:
+def report(c: EvalConfig, dataset, ms, stops: list[str], prefix: str, results: list[ModelScore]) -> EvalReport:
     from loramix import __version__
 
-    return {
-        "loramix": __version__, "command": "eval", "data": dataset.source, "sha256": dataset.digest,
-        "items": len(dataset.rows), "metric": c.metric, **ms.record,
-        "settings": {"max_new_tokens": c.max_new_tokens, "batch_size": c.batch_size, "stop": stops,
-                     "few_shot": str(c.few_shot) if c.few_shot else None, "few_shot_chars": len(prefix),
-                     "chat_template": c.chat_template, "tolerance": c.tolerance, "timeout": c.timeout,
-                     "max_length": c.max_length, "limit": c.limit, "seed": c.seed},
-        "models": results,
-    }
+    settings = EvalSettings(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, stop=stops,
+                            few_shot=str(c.few_shot) if c.few_shot else None, few_shot_chars=len(prefix),
+                            chat_template=c.chat_template, tolerance=c.tolerance, timeout=c.timeout,
+                            max_length=c.max_length, limit=c.limit, seed=c.seed)
+    return EvalReport(version=__version__, data=dataset.source, sha256=dataset.digest, items=len(dataset.rows),
+                      metric=c.metric, setup=ms.setup, settings=settings, models=results)

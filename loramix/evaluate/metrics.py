@@ -13,8 +13,18 @@ from __future__ import annotations
 import math
 import random
 import re
+from enum import Enum
 
-METRICS = ("exact", "numeric", "program", "loss")
+
+
+class Metric(str, Enum):
+    exact = "exact"
+    numeric = "numeric"
+    program = "program"
+    loss = "loss"
+
+
+METRICS = tuple(m.value for m in Metric)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 _FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.S)
 

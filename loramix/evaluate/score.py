@@ -1,92 +1,24 @@
-"""Scoring for `eval`: the base with its adapters switched in place, and one model's score on the
-items (generation metrics, or the teacher-forced completion loss)."""
+"""One model's score on the items for `eval`: generation metrics (exact, numeric, program) or the
+teacher-forced completion loss. Each returns the model's ModelScore and one record per item."""
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from loramix.evaluate import generation
-from loramix.evaluate import metrics
+from loramix.evaluate import generation, metrics
+from loramix.evaluate.modelset import ModelSet
+from loramix.evaluate.report import ModelScore
 
 
-@dataclass
-class ModelSet:
-    """One base model with k adapters loaded as named PEFT adapters ("a0", "a1", ...)."""
-
-    model: object
-    tokenizer: object
-    device: str
-    base: str
-    names: list[str] = field(default_factory=list)
-    paths: list[Path] = field(default_factory=list)
-    with_base: bool = True
-    record: dict = field(default_factory=dict)
-
-    def entries(self) -> list[tuple[str, Path | None]]:
-        return ([("base", None)] if self.with_base else []) + list(zip(self.names, self.paths))
-
-    @contextmanager
-    def active(self, adapter: Path | None):
-        """The model as it scores `adapter` (None: the base, every adapter off)."""
-        if not self.paths:
-            yield self.model
-        elif adapter is None:
-            with self.model.disable_adapter():
-                yield self.model
-        else:
-            self.model.set_adapter(f"a{self.paths.index(adapter)}")
-            yield self.model
-
-
-def load_models(c, adapters: list, base: str, path: Path, tokenizer, names: list[str]) -> ModelSet:
-    """The base and every adapter on it, set for inference."""
-    from loramix.core import models
-    from loramix.core.targets import check_adapter_shapes
-
-    device, dtype, threads = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
-    model = models.load_model(path, dtype, device, c.load_in_4bit)
-    check_adapter_shapes(model, adapters)
-    if adapters:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapters[0].path), adapter_name="a0")
-        for i, a in enumerate(adapters[1:], 1):
-            model.load_adapter(str(a.path), adapter_name=f"a{i}")
-    inference_mode(model, c.load_in_4bit)
-    record = {"base": models.base_record(base), "device": device, "dtype": str(dtype).removeprefix("torch."),
-              "threads": threads, "load_in_4bit": c.load_in_4bit}
-    return ModelSet(model, tokenizer, device, record["base"], names, list(c.adapters), c.with_base, record)
-
-
-def inference_mode(model, load_in_4bit: bool) -> None:
-    """eval() for inference; a 4-bit base stays in train mode with only dropout off, because
-    bitsandbytes repacks 4-bit weights during an eval-mode CPU forward, wrongly (DESIGN §7) or not
-    at all (it fails where in_features is not a multiple of its block size, as in loramix-tiny)."""
-    import torch
-
-    if not load_in_4bit:
-        model.eval()
-        return
-    model.train()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.eval()
-
-
-def _summary(scores: list[bool], tokens: int, seconds: float, items: list[dict]) -> dict:
+def _summary(scores: list[bool], tokens: int, seconds: float) -> ModelScore:
     n, correct = len(scores), sum(scores)
-    lo, hi = metrics.wilson(correct, n)
-    return {"score": correct / n if n else 0.0, "ci": [lo, hi], "correct": correct, "items_scored": n, "tokens": tokens,
-            "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-            "items": items}
+    return ModelScore(score=correct / n if n else 0.0, ci=metrics.wilson(correct, n), items_scored=n, tokens=tokens,
+                      seconds=seconds, correct=correct)
 
 
 def score_generation(ms: ModelSet, prompts: list[list[int]], rows: list[dict], expected: list, stops: list[str],
-                     c, run_programs, advance) -> dict:
+                     c, run_programs, advance) -> tuple[ModelScore, list[dict]]:
     """Generate a completion per item, score it, and summarise (score, 95% Wilson interval, tok/s)."""
     began = time.perf_counter()
     outs = generation.generate(ms.model, ms.tokenizer, prompts, c.max_new_tokens, c.batch_size, tuple(stops), advance)
@@ -103,14 +35,14 @@ def score_generation(ms: ModelSet, prompts: list[list[int]], rows: list[dict], e
         extra = [{"printed": r.output, "error": r.error} for r in ran]
     items = [{"prompt": _prompt(row), "output": t, "expected": e, "score": int(s), **x}
              for row, t, e, s, x in zip(rows, texts, expected, scores, extra)]
-    return _summary(scores, sum(o.tokens for o in outs), seconds, items)
+    return _summary(scores, sum(o.tokens for o in outs), seconds), items
 
 
 def _prompt(row: dict):
     return row["prompt"] if "prompt" in row else generation.prompt_messages(row.get("messages", []))
 
 
-def score_loss(ms: ModelSet, examples: list, rows: list[dict], c, advance) -> dict:
+def score_loss(ms: ModelSet, examples: list, rows: list[dict], c, advance) -> tuple[ModelScore, list[dict]]:
     """Teacher-forced completion loss: token-weighted mean, perplexity, bootstrap 95% interval."""
     began = time.perf_counter()
     sums, counts = [], []
@@ -127,9 +59,8 @@ def score_loss(ms: ModelSet, examples: list, rows: list[dict], c, advance) -> di
     tokens = sum(len(ids) for ids, _ in examples)
     items = [{"prompt": _prompt(r), "loss": s / n if n else None, "tokens": n} for r, s, n in zip(rows, sums, counts)]
     perplexity = math.exp(loss) if loss < 700 else math.inf
-    return {"score": loss, "perplexity": perplexity, "ci": [lo, hi], "items_scored": len(kept), "tokens": tokens,
-            "seconds": round(seconds, 3), "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-            "items": items}
+    return ModelScore(score=loss, ci=(lo, hi), items_scored=len(kept), tokens=tokens, seconds=seconds,
+                      perplexity=perplexity), items
 
 
 def _losses(ms: ModelSet, chunk: list) -> tuple[list[float], list[int]]:

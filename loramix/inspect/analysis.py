@@ -7,7 +7,6 @@ products. Sign conflicts are entry-wise, so they stream the full deltas in row b
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -15,16 +14,6 @@ import torch
 from loramix.core.adapters import LoraModule
 from loramix.merge.engine import magnitude_threshold
 from loramix.merge.ops import row_spans
-
-_LAYER = re.compile(r"^(?:(.*?)\.)?(\d+)\.(.+)$")
-
-
-def split_module(name: str) -> tuple[int | None, str]:
-    """('model.layers.3.self_attn.q_proj') -> (3, 'self_attn.q_proj'); no layer index -> (None, name)."""
-    m = _LAYER.match(name)
-    if not m:
-        return None, name
-    return int(m.group(2)), m.group(3)
 
 
 def delta_norm(m: LoraModule) -> float:

@@ -66,7 +66,9 @@ def _load(path: Path, key: str) -> torch.Tensor:
         raise InputError(f"{path}: cannot read tensor {key} ({e})")
 
 
-def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_module: Optional[Callable] = None) -> dict:
+def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_module: Optional[Callable] = None
+                    ) -> tuple[str, list[str]]:
+    """Write the base with the merged deltas added into `folder`; returns (the base's folder, warnings)."""
     from loramix.merge.engine import merge_module, module_names
 
     base = resolve_base(base_name)
@@ -94,7 +96,7 @@ def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_mod
     warnings = []
     if Path(adapters[0].base).resolve() != base.resolve() and adapters[0].base != base_name:
         warnings.append(f"the adapters record base {adapters[0].base!r}; merged into {str(base)!r}")
-    return {"base": str(base), "error": {"max": 0.0, "mean": 0.0}, "warnings": warnings}
+    return str(base), warnings
 
 
 def _check_modules(adapters, names: list[str], headers: dict, base: Path, transpose: bool) -> None:

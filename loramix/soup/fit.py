@@ -1,7 +1,7 @@
 """The `fit-cat` job: freeze k skill LoRAs on their base, learn the CAT weights α from a small mix
-of the skills' data (the loop is loop.fit's, with α the only trainable tensor), keep the α with
-the best validation loss, and write one merged adapter plus the α table (cat_weights.json and
-cat_weights.safetensors)."""
+of the skills' data (the shared loop, loramix.train.loop, with α the only trainable tensor), keep
+the α with the best validation loss, and write one merged adapter plus the α table
+(cat_weights.json and cat_weights.safetensors)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, ContextManager
 
-from loramix.soup import layer
-from loramix.train import loop
-from loramix.soup.table import TABLE_NAME
 from loramix.core.errors import EXIT_INTERRUPTED, InputError, LoramixError
+from loramix.soup import layer
+from loramix.soup.report import DataSample, FitReport, SkillAdapter
+from loramix.soup.table import TABLE_NAME
+from loramix.train import loop
 
 TENSOR_NAME = "cat_weights.safetensors"
 
@@ -46,9 +48,23 @@ class CatConfig:
     seed: int = 0
     force: bool = False
     eval_every: int = 0  # validate every N steps [0: about four times a run]
-    save_every: int = 0  # read by loop.fit; fit-cat writes no checkpoints
-    resume: bool = False
-    sources: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Fitting:
+    """A fit ready for the loop: the run, the frozen adapters and the α being trained."""
+
+    config: CatConfig
+    run: loop.Run
+    adapters: list
+    alpha: layer.CatAlpha
+    labels: list[str]  # the α groups
+    group: dict[str, int]  # module -> its group
+    base: str  # as the output records it
+    sources: list[DataSample]
+    dtype: str
+    val0: float | None = None  # validation loss of the initial α
+    best: dict[str, Any] = field(default_factory=dict)  # val_loss, step and raw α of the best validation so far
 
 
 def check_options(c: CatConfig) -> None:
@@ -74,22 +90,23 @@ def check_options(c: CatConfig) -> None:
     resolved = [Path(p).resolve() for p in c.adapters]
     if len(set(resolved)) < len(resolved):
         raise InputError("the same adapter is given twice", hint="each skill once; copy the folder to study twins")
-    loop.check_options(c)
+    loop.check_common(lr=c.lr, epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size,
+                      grad_accum=c.grad_accum, max_length=c.max_length, val_fraction=c.val_fraction, warmup=c.warmup)
 
 
-def sample_rows(c: CatConfig) -> list[tuple[str, list[dict]]]:
+def sample_rows(c: CatConfig) -> tuple[list[tuple[str, list[dict]]], list[DataSample]]:
     """`--fraction` of each --data set: a seeded sample of at least one row, per source."""
     from loramix.core import data
 
-    rng, samples = random.Random(c.seed), []
+    rng, samples, sources = random.Random(c.seed), [], []
     for source in c.data:
         dataset = data.load(source)
         data.warn_held_out(source)
         n = max(1, math.ceil(c.fraction * len(dataset.rows)))
         chosen = sorted(rng.sample(range(len(dataset.rows)), n))
         samples.append((source, [dataset.rows[i] for i in chosen]))
-        c.sources.append({"data": source, "rows": len(dataset.rows), "used": n, "sha256": dataset.digest})
-    return samples
+        sources.append(DataSample(source, len(dataset.rows), n, dataset.digest))
+    return samples, sources
 
 
 def mixed_examples(samples: list[tuple[str, list[dict]]], tokenizer, c: CatConfig) -> list:
@@ -103,8 +120,8 @@ def mixed_examples(samples: list[tuple[str, list[dict]]], tokenizer, c: CatConfi
     return examples
 
 
-def prepare(c: CatConfig):
-    """Check, load the adapters, the data and the base, and wrap the base: (loop.Run, state)."""
+def prepare(c: CatConfig) -> Fitting:
+    """Check, load the adapters, the data and the base, and wrap the base."""
     import torch
 
     from loramix.core import models
@@ -122,7 +139,7 @@ def prepare(c: CatConfig):
     path = models.resolve_base(base)
     if path.resolve().is_relative_to(c.out.resolve()):
         raise InputError(f"{c.out}: holds the base model; write the result somewhere else")
-    samples = sample_rows(c)
+    samples, sources = sample_rows(c)
     device, dtype, threads = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
     tokenizer = models.load_tokenizer(path)
     examples = mixed_examples(samples, tokenizer, c)
@@ -131,80 +148,77 @@ def prepare(c: CatConfig):
     check_adapter_shapes(model, adapters)
     torch.manual_seed(c.seed)
     alpha, labels, group = layer.wrap(model, adapters, c.granularity, c.param, c.init)
-    model.train()  # 4-bit bases: an eval-mode forward may repack their weights (DESIGN §7)
-    per_epoch = math.ceil(len(rows_train) / (c.batch_size * c.grad_accum))
-    steps = c.max_steps or per_epoch * c.epochs
-    c.eval_every = c.eval_every or max(1, steps // 4)
-    record = {"base": models.base_record(base), "rows_train": len(rows_train), "rows_val": len(rows_val), "device": device,
-              "dtype": str(dtype).replace("torch.", ""), "threads": threads}
-    run = loop.Run(c, model, tokenizer, rows_train, rows_val, device, steps, per_epoch, record)
-    return run, {"adapters": adapters, "alpha": alpha, "labels": labels, "group": group, "base": record["base"]}
+    model.train()  # 4-bit bases: an eval-mode forward may repack their weights (docs/architecture.md, 4-bit bases)
+    steps, per_epoch = loop.plan_steps(len(rows_train), c.batch_size, c.grad_accum, c.epochs, c.max_steps)
+    settings = loop.LoopSettings(lr=c.lr, batch_size=c.batch_size, grad_accum=c.grad_accum, warmup=c.warmup,
+                                 seed=c.seed, eval_every=c.eval_every or max(1, steps // 4))
+    run = loop.Run(settings, model, tokenizer, rows_train, rows_val, device, steps, per_epoch)
+    return Fitting(c, run, adapters, alpha, labels, group, models.base_record(base), sources,
+                   str(dtype).replace("torch.", ""))
 
 
-def run_fit(c: CatConfig, report_factory) -> dict:
+def run_fit(c: CatConfig, report_factory: Callable[[int], ContextManager[loop.Report]]) -> FitReport:
     """prepare -> fit α (keeping the best by validation loss) -> write; returns the α table.
     The first Ctrl-C writes the result with the best α so far and exits 130."""
     with loop.memory_errors():
         return _fit_and_write(c, report_factory)
 
 
-def _fit_and_write(c: CatConfig, report_factory) -> dict:
+def _fit_and_write(c: CatConfig, report_factory) -> FitReport:
     from loramix.core.interrupt import stop_on_interrupt
 
-    run, state = prepare(c)
-    alpha = state["alpha"]
-    best = {"val_loss": loop.validation_loss(run), "step": 0, "raw": alpha.raw.detach().clone()}
-    state["val0"] = best["val_loss"]  # α at its start is a candidate too, and the curve's first point
+    f = prepare(c)
+    f.val0 = loop.validation_loss(f.run)  # α at its start is a candidate too, and the curve's first point
+    f.best = {"val_loss": f.val0, "step": 0, "raw": f.alpha.raw.detach().clone()}
 
     def keep_best(report):
         def update(step, fields):
             val = (fields or {}).get("val_loss")
-            if val is not None and (best["val_loss"] is None or val < best["val_loss"]):
-                best.update(val_loss=val, step=step, raw=alpha.raw.detach().clone())
+            if val is not None and (f.best["val_loss"] is None or val < f.best["val_loss"]):
+                f.best.update(val_loss=val, step=step, raw=f.alpha.raw.detach().clone())
             report(step, fields)
         return update
 
-    def on_stop(history):
-        table = write(run, state, _chosen(best, alpha), history, best, interrupted=True)
-        raise LoramixError(f"interrupted after step {len(history['loss'])} of {run.steps}; wrote {c.out} with "
-                           f"the α of step {table['chosen_step']}", exit_code=EXIT_INTERRUPTED)
+    def on_stop(history: loop.History):
+        written = write(f, history, interrupted=True)
+        raise LoramixError(f"interrupted after step {len(history.loss)} of {f.run.steps}; wrote {c.out} with "
+                           f"the α of step {written.chosen_step}", exit_code=EXIT_INTERRUPTED)
 
     with stop_on_interrupt() as stop:
-        with report_factory(run.steps) as report:
-            history = loop.fit(run, keep_best(report), stop, on_stop)
-        return write(run, state, _chosen(best, alpha), history, best)
+        with report_factory(f.run.steps) as report:
+            history = loop.fit(f.run, keep_best(report), stop, on_stop)
+        return write(f, history)
 
 
-def _chosen(best: dict, alpha):
+def _chosen(f: Fitting):
     """The trained tensor of the best-validation α, or the current one without a validation set."""
-    return best["raw"] if best["val_loss"] is not None else alpha.raw.detach().clone()
+    return f.best["raw"] if f.best["val_loss"] is not None else f.alpha.raw.detach().clone()
 
 
-def write(run, state: dict, raw, history: dict, best: dict, interrupted: bool = False) -> dict:
+def write(f: Fitting, history: loop.History, interrupted: bool = False) -> FitReport:
     """The merged adapter, cat_weights.json and cat_weights.safetensors, written atomically."""
+    import torch
     from safetensors.torch import save_file
 
-    from loramix.core.adapters import write_adapter
+    from loramix.core.profiles import write_adapter
     from loramix.core.outputs import atomic_dir
     from loramix.core.profiles import layout
 
-    import torch
-
-    c, adapters = run.config, state["adapters"]
-    factors = layer.folded_factors(adapters, raw, c.param, state["group"])
+    c, raw = f.config, _chosen(f)
+    factors = layer.folded_factors(f.adapters, raw, c.param, f.group)
     factors, errors = truncate(factors, c.rank)
-    dtypes = {a.dtype for a in adapters}
+    dtypes = {a.dtype for a in f.adapters}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    config, factors = layout(factors, c.profile, adapters[0].config, state["base"], dtype)
-    doc = table(run, state, raw, history, best, interrupted)
+    config, factors = layout(factors, c.profile, f.adapters[0].config, f.base, dtype)
     ranks = [A.shape[0] for A, _ in factors.values()]
-    doc.update(rank={"min": min(ranks), "max": max(ranks)}, svd_error=_span(errors))
-    alpha = torch.tensor([[float("nan") if v is None else v for v in row] for row in doc["alpha"]])
+    report = fit_report(f, raw, history, interrupted)
+    report.rank, report.svd_error = {"min": min(ranks), "max": max(ranks)}, _span(errors)
+    alpha = torch.tensor([[float("nan") if v is None else v for v in row] for row in report.alpha])
     with atomic_dir(c.out, c.force) as tmp:
         write_adapter(tmp, config, factors)
         save_file({"alpha": alpha, "raw": raw.float().contiguous()}, str(tmp / TENSOR_NAME))
-        (tmp / TABLE_NAME).write_text(json.dumps(doc, indent=1) + "\n")
-    return doc
+        (tmp / TABLE_NAME).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    return report
 
 
 def truncate(factors: dict, rank: int | None) -> tuple[dict, dict[str, float]]:
@@ -225,25 +239,19 @@ def _span(errors: dict[str, float]) -> dict:
     return {"max": max(values), "mean": sum(values) / len(values)}
 
 
-def _with_start(val0: float | None, val: list[dict]) -> list[dict]:
-    return ([{"epoch": 0.0, "step": 0, "loss": round(val0, 5)}] if val0 is not None else []) + val
-
-
-def table(run, state: dict, raw, history: dict, best: dict, interrupted: bool) -> dict:
+def fit_report(f: Fitting, raw, history: loop.History, interrupted: bool) -> FitReport:
     from loramix import __version__
 
-    c = run.config
-    return {
-        "loramix": __version__, "command": "fit-cat", "base": state["base"],
-        "granularity": c.granularity, "param": c.param, "init": c.init,
-        "adapters": [{"name": a.name, "path": str(Path(a.path).resolve()), "sha256": a.sha256()} for a in state["adapters"]],
-        "groups": state["labels"], "alpha": layer.group_table(state["adapters"], raw, c.param, state["group"]),
-        "chosen_step": best["step"] if best["val_loss"] is not None else len(history["loss"]),
-        "best_val_loss": best["val_loss"], "data": c.sources, "fraction": c.fraction, "seed": c.seed,
-        "lr": c.lr, "batch_size": c.batch_size, "grad_accum": c.grad_accum, "max_length": c.max_length,
-        "val_fraction": c.val_fraction, "load_in_4bit": c.load_in_4bit, "dtype": run.record["dtype"],
-        "steps": len(history["loss"]), "planned_steps": run.steps, "interrupted": interrupted,
-        "rows_train": run.record["rows_train"], "rows_val": run.record["rows_val"],
-        "tokens": history["tokens"], "seconds": history["seconds"],
-        "loss_curve": history["loss"], "val_loss": _with_start(state["val0"], history["val"]),
-    }
+    c, run = f.config, f.run
+    start = [{"epoch": 0.0, "step": 0, "loss": round(f.val0, 5)}] if f.val0 is not None else []
+    return FitReport(
+        version=__version__, base=f.base, granularity=c.granularity, param=c.param, init=c.init,
+        adapters=[SkillAdapter(a.name, str(Path(a.path).resolve()), a.sha256()) for a in f.adapters],
+        groups=f.labels, alpha=layer.group_table(f.adapters, raw, c.param, f.group),
+        chosen_step=f.best["step"] if f.best["val_loss"] is not None else len(history.loss),
+        best_val_loss=f.best["val_loss"], data=f.sources, fraction=c.fraction, seed=c.seed, lr=c.lr,
+        batch_size=c.batch_size, grad_accum=c.grad_accum, max_length=c.max_length, val_fraction=c.val_fraction,
+        load_in_4bit=c.load_in_4bit, dtype=f.dtype, steps=len(history.loss), planned_steps=run.steps,
+        interrupted=interrupted, rows_train=len(run.train), rows_val=len(run.val), tokens=history.tokens,
+        seconds=history.seconds, loss_curve=history.loss, val_loss=start + history.val,
+    )

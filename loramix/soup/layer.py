@@ -8,41 +8,15 @@ passes (shapes for k adapters of ranks r_i, R = Σ r_i):
     h = h ⊙ (α[group, owner] · s)  (..., R)      owner: adapter of each rank slot, s: its scale
     y = base(x) + h · B_catᵀ       (..., out)    B_cat = concat(B_i)       (out, R)
 
-so W = W0 + Σ_i α_i^(group) · s_i · B_i · A_i exactly (DESIGN §3).
+so W = W0 + Σ_i α_i^(group) · s_i · B_i · A_i exactly (docs/architecture.md, CAT).
 """
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
-GRANULARITIES = ("layer", "module", "global")
-PARAMS = ("free", "softmax")
-_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
-
-
-def layer_of(module: str) -> int:
-    """The block index in a module path: 'model.layers.3.mlp.up_proj' -> 3."""
-    found = _LAYER.search("." + module + ".")
-    if not found:
-        from loramix.core.errors import InputError
-
-        raise InputError(f"{module}: no layer index in its name, so it has no per-layer α",
-                         hint="use --granularity module or global")
-    return int(found.group(1))
-
-
-def groups(modules: list[str], granularity: str) -> tuple[list[str], dict[str, int]]:
-    """(group labels, module -> group index) for the chosen granularity."""
-    if granularity == "global":
-        return ["all"], {m: 0 for m in modules}
-    if granularity == "module":
-        return list(modules), {m: i for i, m in enumerate(modules)}
-    layers = sorted({layer_of(m) for m in modules})
-    index = {layer: i for i, layer in enumerate(layers)}
-    return [str(layer) for layer in layers], {m: index[layer_of(m)] for m in modules}
+from loramix.soup.table import GRANULARITIES, PARAMS, groups
 
 
 class CatAlpha(nn.Module):

@@ -11,11 +11,32 @@ from __future__ import annotations
 
 import json
 import math
+from enum import Enum
 from pathlib import Path
 
 from loramix.core.errors import InputError
+from loramix.core.modules import parse
 
 TABLE_NAME = "cat_weights.json"
+
+
+class Granularity(str, Enum):
+    """One α per adapter per layer (the paper's choice), per module (its released code), or one overall."""
+
+    layer = "layer"
+    module = "module"
+    global_ = "global"
+
+
+class Param(str, Enum):
+    """free: α itself is trained; softmax: logits whose softmax over the adapters is α."""
+
+    free = "free"
+    softmax = "softmax"
+
+
+GRANULARITIES = tuple(g.value for g in Granularity)
+PARAMS = tuple(p.value for p in Param)
 _KEYS = ("granularity", "param", "groups", "alpha", "adapters")
 
 
@@ -54,7 +75,7 @@ def _check_adapters(doc: dict, file: Path) -> None:
 
 def _check_alpha(doc: dict, file: Path) -> None:
     k, alpha = len(doc["adapters"]), doc["alpha"]
-    if doc["granularity"] not in ("layer", "module", "global") or doc["param"] not in ("free", "softmax"):
+    if doc["granularity"] not in GRANULARITIES or doc["param"] not in PARAMS:
         raise InputError(f"{file}: unknown granularity {doc['granularity']!r} or param {doc['param']!r}")
     if not isinstance(alpha, list) or len(alpha) != len(doc["groups"]):
         rows = len(alpha) if isinstance(alpha, list) else "no list of"
@@ -94,9 +115,28 @@ def check_adapters(doc: dict, adapters: list, file: Path) -> None:
                          hint=f"the table's adapters: {names}")
 
 
-def group_label(module: str, granularity: str) -> str:
-    from loramix.soup.layer import layer_of
+def layer_of(module: str) -> int:
+    """The block index in a module path: 'model.layers.3.mlp.up_proj' -> 3 (loramix.core.modules)."""
+    layer = parse(module).layer
+    if layer is None:
+        raise InputError(f"{module}: no layer index in its name, so it has no per-layer α",
+                         hint="use --granularity module or global")
+    return layer
 
+
+def groups(modules: list[str], granularity: str) -> tuple[list[str], dict[str, int]]:
+    """(group labels, module -> group index) for the chosen granularity."""
+    if granularity == "global":
+        return ["all"], {m: 0 for m in modules}
+    if granularity == "module":
+        return list(modules), {m: i for i, m in enumerate(modules)}
+    layers = sorted({layer_of(m) for m in modules})
+    index = {layer: i for i, layer in enumerate(layers)}
+    return [str(layer) for layer in layers], {m: index[layer_of(m)] for m in modules}
+
+
+def group_label(module: str, granularity: str) -> str:
+    """The group a module's α belongs to: its layer index, itself, or "all"."""
     if granularity == "global":
         return "all"
     return module if granularity == "module" else str(layer_of(module))

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
-import sys
 import time
 from pathlib import Path
+
+from loramix.core import log
 
 SPECIAL = ("<pad>", "<s>", "</s>")
 SHAPE = dict(vocab_size=1024, hidden_size=288, num_hidden_layers=8, num_attention_heads=6,
@@ -95,7 +97,7 @@ def pretrain(out: Path, seed: int, steps: int, batch: int, length: int, lr: floa
         optimizer.zero_grad(set_to_none=True)
         curve.append(round(loss.item(), 4))
         if step % 50 == 0 or step == steps - 1:
-            print(f"step {step + 1}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", file=sys.stderr, flush=True)
+            log.note(f"step {step + 1}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s")
     record = {
         "seed": seed, "steps": steps, "batch": batch, "length": length, "lr": lr, "threads": threads,
         "tokens": steps * batch * length, "seconds": round(time.time() - start, 1),
@@ -126,6 +128,7 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the steps, on stderr
     record = pretrain(a.out, a.seed, a.steps, a.batch, a.length, a.lr, a.threads)
     print(json.dumps({k: v for k, v in record.items() if k != "loss_every_50_steps"}, indent=1))
 

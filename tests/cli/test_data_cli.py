@@ -217,3 +217,10 @@ def test_help():
     for option in ("--limit", "--dump", "--force", "--json", "builtin:"):
         assert option in result.stdout
 
+
+
+def test_rows_as_one_json_document():
+    result = runner.invoke(app, ["data", "builtin:math:eval", "--limit", "3", "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["data"] == "builtin:math:eval" and doc["rows"] == rows("math", "eval", 3) and len(doc["sha256"]) == 64

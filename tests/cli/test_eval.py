@@ -90,7 +90,7 @@ def test_four_bit_base(pair):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-d", "builtin:math", "-m", "bleu"], "--metric bleu: unknown"),
+    (["-d", "builtin:math", "-m", "bleu"], "'bleu' is not one of 'exact', 'numeric', 'program', 'loss'"),
     (["-d", "builtin:math", "--no-base"], "nothing to score: --no-base and no --adapter"),
     (["-d", "builtin:math", "--limit", "0"], "--limit 0: must be at least 1"),
     (["-d", "builtin:math", "-m", "numeric", "--tolerance", "-1"], "--tolerance -1.0: must be a finite number >= 0"),

@@ -94,7 +94,7 @@ def test_four_bit_base_fits_on_the_cpu(skills, tmp_path):
     assert alpha.shape == (8, 2) and not torch.allclose(alpha, torch.ones(8, 2))
     from peft import PeftModel
 
-    def four_bit():  # kept in train mode with dropout off: an eval-mode 4-bit forward may repack (DESIGN §7)
+    def four_bit():  # kept in train mode with dropout off: an eval-mode 4-bit forward may repack (docs/architecture.md, 4-bit bases)
         return models.load_model(models.bundled_path(), torch.float32, "cpu", load_in_4bit=True).train()
 
     ids = torch.randint(3, 900, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -112,8 +112,8 @@ def test_four_bit_base_fits_on_the_cpu(skills, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
     (["--fraction", "1.5"], "--fraction 1.5: must be in (0, 1]"),
-    (["--granularity", "block"], "--granularity block: unknown"),
-    (["--param", "sigmoid"], "--param sigmoid: unknown"),
+    (["--granularity", "block"], "'block' is not one of 'layer', 'module', 'global'"),
+    (["--param", "sigmoid"], "'sigmoid' is not one of 'free', 'softmax'"),
     (["--rank", "0"], "--rank 0: must be at least 1"),
     (["--init", "nan"], "--init nan: must be a finite number"),
     (["--steps", "0"], "--steps 0: must be at least 1"),

@@ -122,12 +122,9 @@ def test_non_finite_weights_are_refused(adapter_pair, tmp_path):
 
 
 def test_unwritable_output_is_a_clear_runtime_error(adapter_pair, tmp_path, monkeypatch):
-    from loramix.core import adapters
-
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "m"))
 
-    monkeypatch.setattr(adapters, "write_adapter", no_space)
     monkeypatch.setattr("loramix.merge.job.write_adapter", no_space)
     result = invoke("merge", *adapter_pair, "-m", "linear", "-o", tmp_path / "m")
     assert result.exit_code == 1 and "No space left on device" in result.stderr and "unexpected" not in result.stderr

@@ -1,4 +1,4 @@
-"""Every refused input through the CLI (DESIGN §1, §2, §6): exit code 2, one message on stderr that
+"""Every refused input through the CLI: exit code 2, one message on stderr that
 names the offending file or value and what is wrong with it, and nothing written."""
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ def test_density_not_accepted_by_linear(good, other, tmp_path):
 def test_unknown_method(good, other, tmp_path):
     out = tmp_path / "out"
     result = invoke("merge", good, other, "-m", "average", "-o", out)
-    assert_refused(result, out, "unknown merge method 'average'", "linear", "ties")
+    assert_refused(result, out, "'average' is not one of", "'linear'", "'ties'")
 
 
 # --- the output folder ---------------------------------------------------------------------------

@@ -25,9 +25,9 @@ def refused(tmp_path, *args, message: str) -> None:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["-m", "ties", "--majority-sign", "most"], "--majority-sign must be one of total, frequency"),
+        (["-m", "ties", "--majority-sign", "most"], "'most' is not one of 'total', 'frequency'"),
         (["-m", "linear", "--rank", "0"], "--rank must be at least 1"),
-        (["-m", "linear", "--profile", "vllm"], "--profile must be one of peft, portable"),
+        (["-m", "linear", "--profile", "vllm"], "'vllm' is not one of 'peft', 'portable'"),
         (["-m", "linear", "--majority-sign", "total"], "linear takes no --majority-sign"),
         (["-m", "linear", "--into-base", "x", "--rank", "4"], "--rank and --profile do not apply"),
     ],

@@ -80,10 +80,10 @@ def test_rank_larger_than_a_module(tmp_path):
     ("--val-fraction", "1.5", "--val-fraction 1.5: must be in [0, 1)"),
     ("--batch-size", "0", "--batch-size 0: must be at least 1"),
     ("--lr", "-1", "--lr -1.0: must be a positive number"),
-    ("--dtype", "int8", "--dtype int8: unknown"),
+    ("--dtype", "int8", "'int8' is not one of 'auto', 'float32', 'bfloat16', 'float16'"),
     ("--device", "cuda:7", "no CUDA device"),
-    ("--device", "gpu", "--device gpu: not a device name"),
-    ("--device", "mps", "only cpu and cuda devices"),
+    ("--device", "gpu", "'gpu' is not auto, cpu, cuda or cuda:N"),
+    ("--device", "mps", "'mps' is not auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_option_values(tmp_path, option, value, message):
     if value == "cuda:7" and __import__("torch").cuda.is_available():

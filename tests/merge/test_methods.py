@@ -172,3 +172,9 @@ def test_dare_engine_matches_reference_with_replayed_drops(method):
         got = merge_module(REGISTRY[method], adapters, opts, n).delta()
         want = getattr(reference, method)(deltas, weights, density, masks)
         assert close(got, want, 1e-5), n
+
+
+def test_the_command_lines_method_names_are_the_registry():
+    from loramix.merge.names import MethodName
+
+    assert [m.value for m in MethodName] == list(REGISTRY)

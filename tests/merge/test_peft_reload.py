@@ -11,6 +11,7 @@ from loramix.core.adapters import read_adapter
 from loramix.merge.methods import REGISTRY
 from loramix.merge.engine import MergeOptions, merge_module
 from loramix.merge.job import MergeRequest, run_merge
+from loramix.merge.report import MergeReport
 from tests.helpers import delta_logits, logits, make_adapter, peft_logits
 from tests.merge import reference
 
@@ -26,7 +27,7 @@ def third(base_dir, tmp_path_factory):
     )
 
 
-def run(adapters, method, out, **kw) -> dict:
+def run(adapters, method, out, **kw) -> MergeReport:
     return run_merge(MergeRequest(adapters=list(adapters), method=method, out=out, **kw))
 
 
@@ -35,7 +36,7 @@ def test_exact_methods_reload_as_the_weighted_sum(method, base_dir, adapter_pair
     paths = [*adapter_pair, third]
     weights = [0.7, -0.4, 1.3]
     report = run(paths, method, tmp_path / "out", weights=weights)
-    assert report["error"]["max"] == 0.0
+    assert report.error_max == 0.0 and report.exact
     adapters = [read_adapter(p) for p in paths]
     want = {}
     for a, w in zip(adapters, weights):
@@ -70,7 +71,7 @@ def test_ties_reloads_as_the_reference_ties(base_dir, adapter_pair, tmp_path):
 
 def test_truncated_adapter_reloads_as_its_factors(base_dir, adapter_pair, tmp_path):
     report = run(adapter_pair, "ties", tmp_path / "out", weights=WEIGHTS, rank=3)
-    assert 0.0 < report["error"]["max"] < 1.0
+    assert 0.0 < report.error_max < 1.0 and not report.exact
     merged = read_adapter(tmp_path / "out")
     assert {m.rank for m in merged.modules.values()} == {3}
     want = {n: m.delta() for n, m in merged.modules.items()}

@@ -1,0 +1,79 @@
+"""The models `eval` scores: one base with every adapter loaded as a named PEFT adapter, switched
+in place (the base row runs with every adapter disabled)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from loramix.evaluate.report import EvalSetup
+
+
+@dataclass
+class ModelSet:
+    """One base model with k adapters loaded as named PEFT adapters ("a0", "a1", ...)."""
+
+    model: Any
+    tokenizer: Any
+    setup: EvalSetup
+    names: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    with_base: bool = True
+
+    @property
+    def device(self) -> str:
+        return self.setup.device
+
+    def entries(self) -> list[tuple[str, Path | None]]:
+        return ([("base", None)] if self.with_base else []) + list(zip(self.names, self.paths))
+
+    @contextmanager
+    def active(self, adapter: Path | None) -> Iterator[Any]:
+        """The model as it scores `adapter` (None: the base, every adapter off)."""
+        if not self.paths:
+            yield self.model
+        elif adapter is None:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            self.model.set_adapter(f"a{self.paths.index(adapter)}")
+            yield self.model
+
+
+def load_models(c, adapters: list, base: str, path: Path, tokenizer, names: list[str]) -> ModelSet:
+    """The base and every adapter on it, set for inference."""
+    from loramix.core import models
+    from loramix.core.targets import check_adapter_shapes
+
+    device, dtype, threads = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
+    model = models.load_model(path, dtype, device, c.load_in_4bit)
+    check_adapter_shapes(model, adapters)
+    if adapters:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapters[0].path), adapter_name="a0")
+        for i, a in enumerate(adapters[1:], 1):
+            model.load_adapter(str(a.path), adapter_name=f"a{i}")
+    inference_mode(model, c.load_in_4bit)
+    setup = EvalSetup(base=models.base_record(base), device=device, dtype=str(dtype).removeprefix("torch."),
+                      threads=threads, load_in_4bit=c.load_in_4bit)
+    return ModelSet(model, tokenizer, setup, names, list(c.adapters), c.with_base)
+
+
+def inference_mode(model, load_in_4bit: bool) -> None:
+    """eval() for inference; a 4-bit base stays in train mode with only dropout off, because
+    bitsandbytes repacks 4-bit weights during an eval-mode CPU forward, wrongly (docs/architecture.md, 4-bit bases) or not
+    at all (it fails where in_features is not a multiple of its block size, as in loramix-tiny)."""
+    import torch
+
+    if not load_in_4bit:
+        model.eval()
+        return
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
+
+
