@@ -53,9 +53,17 @@ def main_study(args) -> dict:
     runs = []
     for seed in args.seeds:
         config = DemoConfig(out=args.work / f"seed{seed}", seed=seed, force=True, rows=args.rows, eval_items=args.eval)
-        doc = run_demo(config, quiet, quiet, say)
-        runs.append({"seed": seed, "rows": doc["rows"], "super_linear": doc["super_linear"],
-                     "cat_gain": doc["cat_gain"], "single_gains": doc["single_gains"], "seconds": doc["total_seconds"]})
+        doc = run_demo(config, quiet, quiet)
+        runs.append(
+            {
+                "seed": seed,
+                "rows": doc["rows"],
+                "super_linear": doc["super_linear"],
+                "cat_gain": doc["cat_gain"],
+                "single_gains": doc["single_gains"],
+                "seconds": doc["total_seconds"],
+            }
+        )
         say(f"seed {seed}: {[(r['model'], round(100 * r['math-code'], 1)) for r in doc['rows']]}")
     return {"runs": runs, "summary": summarise([r["rows"] for r in runs])}
 
@@ -75,28 +83,51 @@ def summarise(per_seed: list[list[dict]]) -> list[dict]:
 
 
 def spread(values: list[float]) -> dict:
-    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "n": len(values)} if values else {}
+    return (
+        {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "n": len(values)} if values else {}
+    )
 
 
 def cat_variant(args, name: str, adapters: list[Path], data: list[str], **options) -> dict:
     """Fit one CAT variant on seed-0 adapters and score it on every task."""
-    from loramix.soup import fit
     from loramix.evaluate.job import EvalConfig, run_eval
+    from loramix.soup import fit
 
     out = args.work / "study" / name
-    config = fit.CatConfig(adapters=adapters, data=data, out=out, force=True, seed=0,
-                               **({"fraction": 0.05, "init": 1 / len(adapters), "lr": 0.1} | options))
+    config = fit.CatConfig(
+        adapters=adapters,
+        data=data,
+        out=out,
+        force=True,
+        seed=0,
+        **({"fraction": 0.05, "init": 1 / len(adapters), "lr": 0.1} | options),
+    )
     began = time.perf_counter()
     fitted = fit.run_fit(config, quiet)
     scores = {}
     for task, metric in (("math-code", "program"), *[(s, "exact") for s in ("math", "code", "units", "words")]):
         if task in ("math-code", "math", "code") or f"builtin:{task}" in data:
-            doc = run_eval(EvalConfig(data=f"builtin:{task}", adapters=[out], with_base=False, metric=metric,
-                                      limit=args.eval, max_new_tokens=24, batch_size=64), quiet)
-            scores[task] = doc["models"][0]["score"]
+            doc = run_eval(
+                EvalConfig(
+                    data=f"builtin:{task}",
+                    adapters=[out],
+                    with_base=False,
+                    metric=metric,
+                    limit=args.eval,
+                    max_new_tokens=24,
+                    batch_size=64,
+                ),
+                quiet,
+            )
+            scores[task] = doc.models[0].score
     say(f"{name}: {scores}")
-    return {"variant": name, "options": {k: v for k, v in options.items()}, "scores": scores,
-            "steps": fitted["steps"], "seconds": round(time.perf_counter() - began, 1)}
+    return {
+        "variant": name,
+        "options": dict(options),
+        "scores": scores,
+        "steps": fitted.steps,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
 
 
 def seed0(args) -> Path:
@@ -128,27 +159,39 @@ def k_study(args) -> list[dict]:
         if not (base / skill).is_dir():
             rows = 8000 if skill == "words" else args.rows  # words needs twice the rows (bench/results/skills.md)
             train_skill(DemoConfig(out=base, rows=rows), f"builtin:{skill}", base / skill, quiet)
-    return [cat_variant(args, f"k-{k}", [base / s for s in skills[:k]], [f"builtin:{s}" for s in skills[:k]])
-            for k in (2, 3, 4)]
+    return [
+        cat_variant(args, f"k-{k}", [base / s for s in skills[:k]], [f"builtin:{s}" for s in skills[:k]])
+        for k in (2, 3, 4)
+    ]
 
 
 def rank_study(args) -> list[dict]:
-    from loramix.train import loop
+    from loramix.train.skill import TrainConfig, run_training
 
     out = []
     for rank in (8, 16, 32, 64):
         folder = args.work / "study" / f"rank{rank}"
         for skill in ("math", "code"):
             if not (folder / skill).is_dir():
-                loop.run_training(loop.TrainConfig(data=f"builtin:{skill}", out=folder / skill, rank=rank,
-                                                     alpha=2 * rank, limit=args.rows, seed=0), quiet)
-        out.append(cat_variant(args, f"rank-{rank}", [folder / "math", folder / "code"],
-                               ["builtin:math", "builtin:code"]))
+                run_training(
+                    TrainConfig(
+                        data=f"builtin:{skill}", out=folder / skill, rank=rank, alpha=2 * rank, limit=args.rows, seed=0
+                    ),
+                    quiet,
+                )
+        out.append(
+            cat_variant(args, f"rank-{rank}", [folder / "math", folder / "code"], ["builtin:math", "builtin:code"])
+        )
     return out
 
 
-STUDIES = {"main": main_study, "granularity": granularity_study, "fraction": fraction_study, "k": k_study,
-           "rank": rank_study}
+STUDIES = {
+    "main": main_study,
+    "granularity": granularity_study,
+    "fraction": fraction_study,
+    "k": k_study,
+    "rank": rank_study,
+}
 
 
 def pct(x: dict | float | None) -> str:
@@ -166,38 +209,68 @@ def markdown(doc: dict) -> str:
     main = doc.get("main")
     if main:
         m = main["meta"]
-        lines += ["## Main table", "", f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}, "
-                  f"{m['seconds']:.0f} s). Accuracy in %, mean over seeds {m['seeds']} (min–max); "
-                  f"{m['rows']} training rows per skill, {m['eval']} eval items per task.", "",
-                  "| model | math-code | math | code | kept math | kept code |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Main table",
+            "",
+            f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}, "
+            f"{m['seconds']:.0f} s). Accuracy in %, mean over seeds {m['seeds']} (min–max); "
+            f"{m['rows']} training rows per skill, {m['eval']} eval items per task.",
+            "",
+            "| model | math-code | math | code | kept math | kept code |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in main["summary"]:
-            lines.append(f"| {r['model']} | {pct(r['math-code'])} | {pct(r['math'])} | {pct(r['code'])} | "
-                         f"{pct(r['kept math'])} | {pct(r['kept code'])} |")
+            lines.append(
+                f"| {r['model']} | {pct(r['math-code'])} | {pct(r['math'])} | {pct(r['code'])} | "
+                f"{pct(r['kept math'])} | {pct(r['kept code'])} |"
+            )
         sl = [r["super_linear"] for r in main["runs"]]
-        lines += ["", f"CAT super-linear on math-code (gain over the base above the single skills' gains together): "
-                  f"{sum(sl)} of {len(sl)} seeds; CAT's gains: "
-                  + ", ".join(f"{100 * r['cat_gain']:+.1f}" for r in main["runs"]) + " points.", ""]
+        lines += [
+            "",
+            f"CAT super-linear on math-code (gain over the base above the single skills' gains together): "
+            f"{sum(sl)} of {len(sl)} seeds; CAT's gains: "
+            + ", ".join(f"{100 * r['cat_gain']:+.1f}" for r in main["runs"])
+            + " points.",
+            "",
+        ]
     for name in ("granularity", "fraction", "k", "rank"):
         study = doc.get(name)
         if not study:
             continue
         m = study["meta"]
-        lines += [f"## Study: {name}", "", f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}); "
-                  f"CAT on the seed-0 skill LoRAs, {m['eval']} eval items per task, accuracy in %.", "",
-                  "| variant | steps | math-code | math | code | units | words |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Study: {name}",
+            "",
+            f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}); "
+            f"CAT on the seed-0 skill LoRAs, {m['eval']} eval items per task, accuracy in %.",
+            "",
+            "| variant | steps | math-code | math | code | units | words |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for v in study["variants"]:
             sc = v["scores"]
-            lines.append(f"| {v['variant']} | {v['steps']} | " + " | ".join(pct(sc.get(t)) for t in
-                                                                            ("math-code", "math", "code", "units", "words")) + " |")
+            lines.append(
+                f"| {v['variant']} | {v['steps']} | "
+                + " | ".join(pct(sc.get(t)) for t in ("math-code", "math", "code", "units", "words"))
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def meta(args, seconds: float) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    return {"command": "python bench/compose.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
-            "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "commit": commit,
-            "seeds": args.seeds, "rows": args.rows, "eval": args.eval, "seconds": round(seconds, 1)}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    return {
+        "command": "python bench/compose.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "commit": commit,
+        "seeds": args.seeds,
+        "rows": args.rows,
+        "eval": args.eval,
+        "seconds": round(seconds, 1),
+    }
 
 
 def machine() -> str:
@@ -205,9 +278,11 @@ def machine() -> str:
     import platform
     from importlib.metadata import version
 
-    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), python "
-            f"{platform.python_version()}, torch {version('torch')}, transformers {version('transformers')}, "
-            f"peft {version('peft')}")
+    return (
+        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), python "
+        f"{platform.python_version()}, torch {version('torch')}, transformers {version('transformers')}, "
+        f"peft {version('peft')}"
+    )
 
 
 def main(argv=None) -> None:

@@ -46,10 +46,15 @@ def naive(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> tu
     criteria, texts, tokens = stop_criteria(tokenizer, ("\n",)), [], 0
     for p in prompts:
         with torch.no_grad():
-            out = model.generate(input_ids=torch.tensor([p]), max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 stopping_criteria=criteria)
-        new = out[0, len(p):].tolist()
+            out = model.generate(
+                input_ids=torch.tensor([p]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=criteria,
+            )
+        new = out[0, len(p) :].tolist()
         if tokenizer.eos_token_id in new:
             new = new[: new.index(tokenizer.eos_token_id)]
         tokens += len(new)
@@ -73,9 +78,8 @@ def timed(fn, *args):
 def measure(args) -> dict:
     import torch
 
-    from loramix.core import data
+    from loramix.core import data, models
     from loramix.evaluate import generation
-    from loramix.core import models
 
     threads = models.set_threads(args.threads)
     path = models.bundled_path()
@@ -90,8 +94,10 @@ def measure(args) -> dict:
             (got, n), s = timed(batched, model, tokenizer, prompts, args.max_new_tokens, b)
             if got != texts or n != tokens:
                 wrong = sum(x != y for x, y in zip(got, texts))
-                raise SystemExit(f"batch size {b}: {wrong} of {len(texts)} completions differ from the naive loop "
-                                 f"({n} tokens against {tokens})")
+                raise SystemExit(
+                    f"batch size {b}: {wrong} of {len(texts)} completions differ from the naive loop "
+                    f"({n} tokens against {tokens})"
+                )
             best[b] = min(best.get(b, (n, s)), (n, s), key=lambda t: t[1])
     return {"threads": threads, "best": best, "prompt_tokens": sum(map(len, prompts))}
 
@@ -99,8 +105,11 @@ def measure(args) -> dict:
 def table(args, result: dict) -> list[str]:
     tokens, seconds = result["best"]["naive"]
     base_rate = tokens / seconds
-    lines = ["| way | batch size | tokens | seconds | tokens/s | × naive |", "|---|---|---|---|---|---|",
-             f"| naive generate() | 1 | {tokens} | {seconds:.2f} | {base_rate:,.0f} | 1.00 |"]
+    lines = [
+        "| way | batch size | tokens | seconds | tokens/s | × naive |",
+        "|---|---|---|---|---|---|",
+        f"| naive generate() | 1 | {tokens} | {seconds:.2f} | {base_rate:,.0f} | 1.00 |",
+    ]
     for b in args.batch_sizes:
         n, s = result["best"][b]
         lines.append(f"| loramix eval | {b} | {n} | {s:.2f} | {n / s:,.0f} | {n / s / base_rate:.2f} |")
@@ -108,11 +117,17 @@ def table(args, result: dict) -> list[str]:
 
 
 def header(args, result: dict) -> list[str]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     command = "python bench/eval_speed.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
     return [
-        "# eval_speed results", "", f"Command: `{command}`", "",
-        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+        "# eval_speed results",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
         f"- machine: nproc={os.cpu_count()}, {platform.processor() or platform.machine()}, python "
         f"{platform.python_version()}, torch {version('torch')}, transformers {version('transformers')}, "
         f"torch threads {result['threads']}; git commit {commit or '?'}",

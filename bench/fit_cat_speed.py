@@ -57,14 +57,31 @@ BASE_NAME = "bench/fit-cat-speed-llama"
 B_STD = 0.01  # trained LoRA B factors are small but non-zero
 SEED, LR = 0, 1e-2  # LR: fit-cat's default
 SPEEDUP_MIN, MEMORY_MAX, OVERHEAD_MAX = 1.3, 1.0, 1.25  # the issue's targets, at k=2
-QUICK = {"hidden": 128, "intermediate": 352, "layers": 2, "heads": 4, "vocab": 512, "batch": 2, "seq": 32,
-         "repeats": 3, "warmup": 1, "rounds": 1}
+QUICK = {
+    "hidden": 128,
+    "intermediate": 352,
+    "layers": 2,
+    "heads": 4,
+    "vocab": 512,
+    "batch": 2,
+    "seq": 32,
+    "repeats": 3,
+    "warmup": 1,
+    "rounds": 1,
+}
 RESULTS = Path(__file__).resolve().parent / "results" / "fit_cat_speed.md"
 INT_OPTIONS = {  # name: (default, help); all but rounds are passed on to the workers
-    "hidden": (1024, "hidden size"), "intermediate": (2816, "MLP size"), "layers": (4, "decoder blocks"),
-    "heads": (16, "attention heads"), "vocab": (8192, "vocabulary size"), "rank": (32, "LoRA rank; alpha is twice it"),
-    "batch": (2, "sequences per step"), "seq": (128, "tokens per sequence"), "warmup": (2, "untimed steps per worker"),
-    "repeats": (4, "timed steps per worker"), "rounds": (2, "workers per variant, order alternating"),
+    "hidden": (1024, "hidden size"),
+    "intermediate": (2816, "MLP size"),
+    "layers": (4, "decoder blocks"),
+    "heads": (16, "attention heads"),
+    "vocab": (8192, "vocabulary size"),
+    "rank": (32, "LoRA rank; alpha is twice it"),
+    "batch": (2, "sequences per step"),
+    "seq": (128, "tokens per sequence"),
+    "warmup": (2, "untimed steps per worker"),
+    "repeats": (4, "timed steps per worker"),
+    "rounds": (2, "workers per variant, order alternating"),
 }
 
 
@@ -77,8 +94,12 @@ def build_model(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
         max_position_embeddings=max(args.seq, 128),
     )
     torch.manual_seed(SEED)
@@ -110,8 +131,9 @@ def write_adapters(args, folder: Path, k: int) -> None:
     """k PEFT adapter folders folder/a0 ... folder/a{k-1}, written by PEFT itself."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS, lora_dropout=0.0,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
     names = [f"a{i}" for i in range(k)]
     base = build_model(args)
     base.name_or_path = BASE_NAME  # recorded in the adapters: loramix refuses adapters with no base
@@ -132,8 +154,8 @@ def setup_base(args, folder: Path, k: int):
 
 
 def setup_cat(args, folder: Path, k: int):
-    from loramix.soup import layer
     from loramix.core.adapters import read_adapter
+    from loramix.soup import layer
 
     model = build_model(args)
     adapters = [read_adapter(folder / f"a{i}") for i in range(k)]
@@ -239,9 +261,17 @@ def worker(args) -> dict:
     times = timed_steps(model, ids, args.warmup, args.repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     load = other_load(busy0, busy_seconds(), time.perf_counter() - t0)
-    return {"key": args.worker, "times": times, "rss_setup": rss0, "peak": peak, "peak_reset": reset,
-            "trainable": trainable, "other_load": load, "threads": torch.get_num_threads(),
-            "attn": model.config._attn_implementation}
+    return {
+        "key": args.worker,
+        "times": times,
+        "rss_setup": rss0,
+        "peak": peak,
+        "peak_reset": reset,
+        "trainable": trainable,
+        "other_load": load,
+        "threads": torch.get_num_threads(),
+        "attn": model.config._attn_implementation,
+    }
 
 
 # ---------------------------------------------------------------- orchestration
@@ -249,8 +279,18 @@ def worker(args) -> dict:
 
 def spawn(key: str, args, folder: Path, save_logits: bool) -> dict:
     """Run one variant in a fresh interpreter and return its JSON result."""
-    cmd = [sys.executable, __file__, "--worker", key, "--dir", str(folder), "--threads", str(args.threads),
-           "--peft-scale-on", args.peft_scale_on]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        key,
+        "--dir",
+        str(folder),
+        "--threads",
+        str(args.threads),
+        "--peft-scale-on",
+        args.peft_scale_on,
+    ]
     for name in [n for n in INT_OPTIONS if n != "rounds"]:
         cmd += [f"--{name}", str(getattr(args, name))]
     proc = subprocess.run(cmd + (["--save-logits"] if save_logits else []), capture_output=True, text=True)
@@ -276,15 +316,22 @@ def logit_check(folder: Path, k: int) -> dict:
     import torch
 
     c, p, b = (torch.load(folder / f"logits-{key}.pt") for key in (f"cat:{k}", f"peft:{k}", "base"))
-    return {"allclose": bool(torch.allclose(c, p, rtol=1e-4, atol=1e-5)), "cat_peft": float((c - p).abs().max()),
-            "cat_base": float((c - b).abs().max())}
+    return {
+        "allclose": bool(torch.allclose(c, p, rtol=1e-4, atol=1e-5)),
+        "cat_peft": float((c - p).abs().max()),
+        "cat_base": float((c - b).abs().max()),
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
     """Median ms over all timed steps of all rounds; highest memory of the rounds."""
     ms = [1000 * t for run in runs for t in run["times"]]
-    return {"ms": statistics.median(ms), "peak": max(r["peak"] for r in runs),
-            "extra": max(r["peak"] - r["rss_setup"] for r in runs), "reset": all(r["peak_reset"] for r in runs)}
+    return {
+        "ms": statistics.median(ms),
+        "peak": max(r["peak"] for r in runs),
+        "extra": max(r["peak"] - r["rss_setup"] for r in runs),
+        "reset": all(r["peak_reset"] for r in runs),
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -296,6 +343,7 @@ def mb(n: float) -> str:
 
 def code_state() -> str:
     """The commit measured, and loramix files that differ from it in the working tree."""
+
     def git(*cmd):
         out = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         return out.stdout.rstrip() if out.returncode == 0 else "?"
@@ -305,7 +353,8 @@ def code_state() -> str:
 
 
 def header_lines(args, ks: list[int], attn: str) -> list[str]:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
     return [
         f"- machine: nproc={os.cpu_count()}, {cpu}, python {platform.python_version()}, torch {version('torch')}, "
         f"transformers {version('transformers')}, peft {version('peft')}, torch threads {args.threads}; {code_state()}",
@@ -319,25 +368,34 @@ def header_lines(args, ks: list[int], attn: str) -> list[str]:
 
 def main_table(s: dict, ks: list[int], checks: dict) -> list[str]:
     b = s["base"]
-    lines = ["| k | fit-cat ms/step | PEFT ms/step | speedup PEFT/fit-cat | base fwd+bwd ms/step | overhead fit-cat/base "
-             "| fit-cat peak MB | PEFT peak MB | peak ratio fit-cat/PEFT | above setup, fit-cat / PEFT MB "
-             "| logits fit-cat vs PEFT, max abs diff |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| k | fit-cat ms/step | PEFT ms/step | speedup PEFT/fit-cat | base fwd+bwd ms/step | overhead fit-cat/base "
+        "| fit-cat peak MB | PEFT peak MB | peak ratio fit-cat/PEFT | above setup, fit-cat / PEFT MB "
+        "| logits fit-cat vs PEFT, max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for k in ks:
         c, p = s[f"cat:{k}"], s[f"peft:{k}"]
-        lines.append(f"| {k} | {c['ms']:.1f} | {p['ms']:.1f} | {p['ms'] / c['ms']:.3f} | {b['ms']:.1f} | "
-                     f"{c['ms'] / b['ms']:.3f} | {mb(c['peak'])} | {mb(p['peak'])} | {c['peak'] / p['peak']:.3f} | "
-                     f"{mb(c['extra'])} / {mb(p['extra'])} | {checks[k]['cat_peft']:.1e} |")
+        lines.append(
+            f"| {k} | {c['ms']:.1f} | {p['ms']:.1f} | {p['ms'] / c['ms']:.3f} | {b['ms']:.1f} | "
+            f"{c['ms'] / b['ms']:.3f} | {mb(c['peak'])} | {mb(p['peak'])} | {c['peak'] / p['peak']:.3f} | "
+            f"{mb(c['extra'])} / {mb(p['extra'])} | {checks[k]['cat_peft']:.1e} |"
+        )
     return lines
 
 
 def worker_table(results: dict) -> list[str]:
-    lines = ["| variant | round | trainable | timed steps, ms | RSS after setup MB | peak MB | other processes' CPU |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | round | trainable | timed steps, ms | RSS after setup MB | peak MB | other processes' CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, runs in results.items():
         for i, r in enumerate(runs):
             steps = ", ".join(f"{1000 * t:.1f}" for t in r["times"])
-            lines.append(f"| {key} | {i + 1} | {r['trainable']} | {steps} | {mb(r['rss_setup'])} | {mb(r['peak'])} | "
-                         + ("- |" if r["other_load"] is None else f"{100 * r['other_load']:.0f}% |"))
+            lines.append(
+                f"| {key} | {i + 1} | {r['trainable']} | {steps} | {mb(r['rss_setup'])} | {mb(r['peak'])} | "
+                + ("- |" if r["other_load"] is None else f"{100 * r['other_load']:.0f}% |")
+            )
     return lines
 
 
@@ -345,30 +403,69 @@ def verdict_lines(s: dict, ks: list[int], checks: dict) -> list[str]:
     if 2 not in ks:
         return ["- targets are for k=2, which was not measured"]
     c, p, b = s["cat:2"], s["peft:2"], s["base"]
-    rows = [("speedup PEFT / fit-cat at k=2", p["ms"] / c["ms"], f">= {SPEEDUP_MIN}", p["ms"] / c["ms"] >= SPEEDUP_MIN),
-            ("peak RSS fit-cat / PEFT at k=2", c["peak"] / p["peak"], f"<= {MEMORY_MAX}", c["peak"] / p["peak"] <= MEMORY_MAX),
-            ("overhead fit-cat / base fwd+bwd at k=2", c["ms"] / b["ms"], f"< {OVERHEAD_MAX}", c["ms"] / b["ms"] < OVERHEAD_MAX)]
-    lines = [f"- {label}: {value:.3f} (target {target}) — {'PASS' if ok else 'FAIL'}" for label, value, target, ok in rows]
+    rows = [
+        ("speedup PEFT / fit-cat at k=2", p["ms"] / c["ms"], f">= {SPEEDUP_MIN}", p["ms"] / c["ms"] >= SPEEDUP_MIN),
+        (
+            "peak RSS fit-cat / PEFT at k=2",
+            c["peak"] / p["peak"],
+            f"<= {MEMORY_MAX}",
+            c["peak"] / p["peak"] <= MEMORY_MAX,
+        ),
+        (
+            "overhead fit-cat / base fwd+bwd at k=2",
+            c["ms"] / b["ms"],
+            f"< {OVERHEAD_MAX}",
+            c["ms"] / b["ms"] < OVERHEAD_MAX,
+        ),
+    ]
+    lines = [
+        f"- {label}: {value:.3f} (target {target}) — {'PASS' if ok else 'FAIL'}" for label, value, target, ok in rows
+    ]
     lines.append(f"- (info) peak above setup fit-cat / PEFT at k=2: {c['extra'] / max(p['extra'], 1):.3f}")
-    lines.append(f"- fit-cat and PEFT logits allclose at every k: {'yes' if all(x['allclose'] for x in checks.values()) else 'NO'}"
-                 f"; the adapters do change them: max abs diff fit-cat vs base "
-                 + ", ".join(f"{x['cat_base']:.2f} (k={k})" for k, x in checks.items()))
+    lines.append(
+        f"- fit-cat and PEFT logits allclose at every k: {'yes' if all(x['allclose'] for x in checks.values()) else 'NO'}"
+        f"; the adapters do change them: max abs diff fit-cat vs base "
+        + ", ".join(f"{x['cat_base']:.2f} (k={k})" for k, x in checks.items())
+    )
     return lines
 
 
 def report(args, ks: list[int], results: dict, checks: dict) -> str:
     s = {key: summarize(runs) for key, runs in results.items()}
-    notes = ("Notes: times are medians over all timed steps of all rounds (each listed under 'Per worker'); "
-             "peak memory is the highest round's. Peak RSS is `ru_maxrss` after the high-water mark was reset once the model was "
-             "set up" + ("" if all(r["reset"] for r in s.values()) else " (**reset failed in some workers**: peaks may "
-                         "include setup)") + "; 'other processes' CPU' is the highest share of the machine's CPU "
-             "used by other processes during a worker's steps: above a few percent, times are inflated.")
-    return "\n".join([
-        *header_lines(args, ks, results["base"][0]["attn"]), "",
-        "## Results", "", *main_table(s, ks, checks), "",
-        "## Targets", "", *verdict_lines(s, ks, checks), "",
-        "## Per worker", "", *worker_table(results), "", notes,
-    ]) + "\n"
+    notes = (
+        "Notes: times are medians over all timed steps of all rounds (each listed under 'Per worker'); "
+        "peak memory is the highest round's. Peak RSS is `ru_maxrss` after the high-water mark was reset once the model was "
+        "set up"
+        + (
+            ""
+            if all(r["reset"] for r in s.values())
+            else " (**reset failed in some workers**: peaks may include setup)"
+        )
+        + "; 'other processes' CPU' is the highest share of the machine's CPU "
+        "used by other processes during a worker's steps: above a few percent, times are inflated."
+    )
+    return (
+        "\n".join(
+            [
+                *header_lines(args, ks, results["base"][0]["attn"]),
+                "",
+                "## Results",
+                "",
+                *main_table(s, ks, checks),
+                "",
+                "## Targets",
+                "",
+                *verdict_lines(s, ks, checks),
+                "",
+                "## Per worker",
+                "",
+                *worker_table(results),
+                "",
+                notes,
+            ]
+        )
+        + "\n"
+    )
 
 
 def parse_args(argv=None):
@@ -376,10 +473,18 @@ def parse_args(argv=None):
     for name, (default, text) in INT_OPTIONS.items():
         p.add_argument(f"--{name}", type=int, default=default, help=f"{text} (default {default})")
     p.add_argument("--k", help="comma list of adapter counts (default 2,3,4; with --quick 2)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))),
-                   help="torch threads (default: $OMP_NUM_THREADS, else all cores)")
-    p.add_argument("--peft-scale-on", choices=("lora_A", "lora_B"), default="lora_A",
-                   help="where PEFT's trainable scale multiplies (default lora_A: r values per token)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))),
+        help="torch threads (default: $OMP_NUM_THREADS, else all cores)",
+    )
+    p.add_argument(
+        "--peft-scale-on",
+        choices=("lora_A", "lora_B"),
+        default="lora_A",
+        help="where PEFT's trainable scale multiplies (default lora_A: r values per token)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny model, one round (debugging); other options still apply")
     p.add_argument("--out", type=Path, default=RESULTS, help="markdown file for the results")
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -39,10 +39,10 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable, Optional
 
 from procstats import busy_seconds, other_load, reset_peak_rss, rss_bytes  # bench/procstats.py
 
@@ -71,8 +71,8 @@ class Run:
     tool: str  # "loramix" or "peft"
     method: str  # loramix REGISTRY name or PEFT combination_type
     ref: str  # "sum", "ties" or "own" (the tool's own full-rank result)
-    density: Optional[float] = None
-    rank: Optional[int] = None  # None: the tool's default (Σ r_i = 64 for linear and cat)
+    density: float | None = None
+    rank: int | None = None  # None: the tool's default (Σ r_i = 64 for linear and cat)
 
     @property
     def key(self) -> str:
@@ -119,6 +119,7 @@ def fill_lora(A, B, adapter: int, name: str) -> None:
 def loramix_inputs(modules):
     """Two in-memory loramix Adapters."""
     import torch
+
     from loramix.core.adapters import Adapter, LoraModule
 
     adapters = []
@@ -190,13 +191,15 @@ def factor_bytes(modules) -> int:
 
 def run_loramix(run: Run, adapters):
     """Merge with loramix; returns ({name: (A, B, scale)}, {name: seconds}, total seconds, reported errors)."""
-    from loramix.merge.methods import REGISTRY
     from loramix.merge.engine import MergeOptions, merge_to_factors
+    from loramix.merge.methods import REGISTRY
 
     opts = MergeOptions(weights=[1.0, 1.0], density=run.density, rank=run.rank)
     stamps: list[tuple[str, float]] = []
     t0 = time.perf_counter()
-    result = merge_to_factors(REGISTRY[run.method], adapters, opts, on_module=lambda n: stamps.append((n, time.perf_counter())))
+    result = merge_to_factors(
+        REGISTRY[run.method], adapters, opts, on_module=lambda n: stamps.append((n, time.perf_counter()))
+    )
     total = time.perf_counter() - t0
     per_module, last = {}, t0
     for name, t in stamps:
@@ -290,8 +293,8 @@ def optimal_trunc_err(full, rank: int) -> float:
 
 def loramix_own_full(run: Run, adapters) -> Callable:
     """name -> loramix's full-rank merged delta (same seed, so the same drops as the timed merge)."""
-    from loramix.merge.methods import REGISTRY
     from loramix.merge.engine import MergeOptions, merge_module
+    from loramix.merge.methods import REGISTRY
 
     opts = MergeOptions(weights=[1.0, 1.0], density=run.density, rank=run.rank)
     return lambda name: merge_module(REGISTRY[run.method], adapters, opts, name).full
@@ -312,7 +315,7 @@ def peft_own_full(run: Run, model, states: dict) -> Callable:
     return full
 
 
-def module_errors(run: Run, factors: dict, pairs: dict, own_full: Optional[Callable]):
+def module_errors(run: Run, factors: dict, pairs: dict, own_full: Callable | None):
     """({name: relative error of the merged ΔW}, {name: optimal truncation error} or None)."""
     errors, optimum = {}, ({} if run.ref == "own" and run.tool == "loramix" else None)
     for name, (A, B, s) in factors.items():
@@ -395,9 +398,18 @@ def worker(key: str, modules, threads: int, rehearsal: bool = True) -> dict:
         errors, optimum = module_errors(run, factors, input_pairs(run, inputs), own)
     ranks = sorted({A.shape[0] for A, _, _ in factors.values()})
     return {
-        "key": key, "total_s": total, "module_s": times, "rss_inputs": rss0, "peak_extra": peak - rss0,
-        "peak_reset": reset_ok, "errors": errors, "optimum": optimum, "ranks": ranks,
-        "reported": extra if run.tool == "loramix" else None, "threads": torch.get_num_threads(), "other_load": load,
+        "key": key,
+        "total_s": total,
+        "module_s": times,
+        "rss_inputs": rss0,
+        "peak_extra": peak - rss0,
+        "peak_reset": reset_ok,
+        "errors": errors,
+        "optimum": optimum,
+        "ranks": ranks,
+        "reported": extra if run.tool == "loramix" else None,
+        "threads": torch.get_num_threads(),
+        "other_load": load,
     }
 
 
@@ -417,16 +429,20 @@ def spawn(key: str, args) -> dict:
 
 def code_state() -> str:
     """The loramix commit measured, and its files that differ from it in the working tree."""
+
     def git(*cmd):
         out = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         return out.stdout.rstrip() if out.returncode == 0 else "?"
 
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "loramix").splitlines() if line.strip()]
-    return f"loramix at commit {git('rev-parse', '--short', 'HEAD')}" + (f", modified: {', '.join(dirty)}" if dirty else "")
+    return f"loramix at commit {git('rev-parse', '--short', 'HEAD')}" + (
+        f", modified: {', '.join(dirty)}" if dirty else ""
+    )
 
 
 def machine_lines(args, modules) -> list[str]:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    with open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "?")
     largest = max(out * inp for _, out, inp in modules)
     return [
         f"- machine: nproc={os.cpu_count()}, affinity={len(os.sched_getaffinity(0))} cores, {cpu}, "
@@ -445,11 +461,11 @@ def mb(n: float) -> str:
     return f"{n / 2**20:.1f}"
 
 
-def fmt_err(e: Optional[float]) -> str:
+def fmt_err(e: float | None) -> str:
     return "-" if e is None else f"{e:.3e}"
 
 
-def fmt_pct(x: Optional[float]) -> str:
+def fmt_pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
@@ -500,7 +516,7 @@ def module_error_table(results: dict, modules) -> list[str]:
     return lines
 
 
-def check(label: str, value: float, target: str, ok: Optional[bool], fmt: str = ".4g") -> str:
+def check(label: str, value: float, target: str, ok: bool | None, fmt: str = ".4g") -> str:
     verdict = "" if ok is None else (" — met" if ok else " — **NOT MET**")
     return f"- {label}: {value:{fmt}}{f' (target {target})' if target else ''}{verdict}"
 
@@ -513,28 +529,69 @@ def ratio_lines(results: dict, target_bytes: int) -> list[str]:
     t = {k: r["total_s"] for k, r in results.items()}
     e = {k: r["errors"] for k, r in results.items()}
     lines = [
-        check("time PEFT svd / loramix linear", t["peft:svd"] / t["loramix:linear"], "≥ 50×", t["peft:svd"] / t["loramix:linear"] >= 50),
-        check("time PEFT svd / loramix cat", t["peft:svd"] / t["loramix:cat"], "≥ 50×", t["peft:svd"] / t["loramix:cat"] >= 50),
-        check("time PEFT ties_svd / loramix ties", t["peft:ties_svd"] / t["loramix:ties"], "≥ 20×", t["peft:ties_svd"] / t["loramix:ties"] >= 20),
-        check("time PEFT dare_ties_svd / loramix dare_ties", t["peft:dare_ties_svd"] / t["loramix:dare_ties"], "≥ 20×",
-              t["peft:dare_ties_svd"] / t["loramix:dare_ties"] >= 20),
+        check(
+            "time PEFT svd / loramix linear",
+            t["peft:svd"] / t["loramix:linear"],
+            "≥ 50×",
+            t["peft:svd"] / t["loramix:linear"] >= 50,
+        ),
+        check(
+            "time PEFT svd / loramix cat",
+            t["peft:svd"] / t["loramix:cat"],
+            "≥ 50×",
+            t["peft:svd"] / t["loramix:cat"] >= 50,
+        ),
+        check(
+            "time PEFT ties_svd / loramix ties",
+            t["peft:ties_svd"] / t["loramix:ties"],
+            "≥ 20×",
+            t["peft:ties_svd"] / t["loramix:ties"] >= 20,
+        ),
+        check(
+            "time PEFT dare_ties_svd / loramix dare_ties",
+            t["peft:dare_ties_svd"] / t["loramix:dare_ties"],
+            "≥ 20×",
+            t["peft:dare_ties_svd"] / t["loramix:dare_ties"] >= 20,
+        ),
         check("time PEFT svd / loramix svd", t["peft:svd"] / t["loramix:svd"], "", None),
         check("time PEFT cat / loramix cat", t["peft:cat"] / t["loramix:cat"], "", None),
-        check("error loramix ties / PEFT ties_svd (worst module)", max_ratio(e["loramix:ties"], e["peft:ties_svd"]), "≤ 1.01",
-              max_ratio(e["loramix:ties"], e["peft:ties_svd"]) <= 1.01, ".5f"),
-        check("error loramix dare_ties / optimal truncation of its own result (worst module)",
-              max_ratio(e["loramix:dare_ties"], results["loramix:dare_ties"]["optimum"]), "≤ 1.01",
-              max_ratio(e["loramix:dare_ties"], results["loramix:dare_ties"]["optimum"]) <= 1.01, ".5f"),
-        check("error loramix dare_ties / PEFT dare_ties_svd, each against its own full-rank result (different drops)",
-              max_ratio(e["loramix:dare_ties"], e["peft:dare_ties_svd"]), "", None, ".5f"),
-        check("PEFT factor-wise linear, max error against the exact sum", max(e["peft:linear"].values()), "", None, ".4f"),
+        check(
+            "error loramix ties / PEFT ties_svd (worst module)",
+            max_ratio(e["loramix:ties"], e["peft:ties_svd"]),
+            "≤ 1.01",
+            max_ratio(e["loramix:ties"], e["peft:ties_svd"]) <= 1.01,
+            ".5f",
+        ),
+        check(
+            "error loramix dare_ties / optimal truncation of its own result (worst module)",
+            max_ratio(e["loramix:dare_ties"], results["loramix:dare_ties"]["optimum"]),
+            "≤ 1.01",
+            max_ratio(e["loramix:dare_ties"], results["loramix:dare_ties"]["optimum"]) <= 1.01,
+            ".5f",
+        ),
+        check(
+            "error loramix dare_ties / PEFT dare_ties_svd, each against its own full-rank result (different drops)",
+            max_ratio(e["loramix:dare_ties"], e["peft:dare_ties_svd"]),
+            "",
+            None,
+            ".5f",
+        ),
+        check(
+            "PEFT factor-wise linear, max error against the exact sum", max(e["peft:linear"].values()), "", None, ".4f"
+        ),
         check("PEFT factor-wise ties, max error against exact TIES", max(e["peft:ties"].values()), "", None, ".4f"),
     ]
     for run in RUNS:
         if run.tool == "loramix":
             peak = results[run.key]["peak_extra"]
-            lines.append(check(f"memory loramix {run.method}: peak above inputs, MB", peak / 2**20,
-                               f"≤ {mb(target_bytes)} MB", peak <= target_bytes))
+            lines.append(
+                check(
+                    f"memory loramix {run.method}: peak above inputs, MB",
+                    peak / 2**20,
+                    f"≤ {mb(target_bytes)} MB",
+                    peak <= target_bytes,
+                )
+            )
     return lines
 
 
@@ -542,18 +599,34 @@ def report(args, modules, results: dict) -> str:
     largest = max(out * inp for _, out, inp in modules)
     target = 2 * factor_bytes(modules) + 4 * largest
     parts = [
-        *machine_lines(args, modules), "",
-        "## Summary (one fresh process per row)", "", *summary_table(results, modules, target), "",
-        "## Ratios and targets", "", *ratio_lines(results, target), "",
-        "## Wall time per module, seconds (PEFT cat: only the total is timed)", "", *module_time_table(results, modules), "",
-        "## Truncation errors per module (rank 64)", "", *module_error_table(results, modules), "",
+        *machine_lines(args, modules),
+        "",
+        "## Summary (one fresh process per row)",
+        "",
+        *summary_table(results, modules, target),
+        "",
+        "## Ratios and targets",
+        "",
+        *ratio_lines(results, target),
+        "",
+        "## Wall time per module, seconds (PEFT cat: only the total is timed)",
+        "",
+        *module_time_table(results, modules),
+        "",
+        "## Truncation errors per module (rank 64)",
+        "",
+        *module_error_table(results, modules),
+        "",
         "Notes: PEFT runs `add_weighted_adapter` with its defaults (`svd_full_matrices=True`); its total includes "
         "injecting the new adapter; its adapters do not require grad (as when loaded for inference). "
         "'Other processes' CPU' is the share of the machine's CPU time used by other processes during the "
         "timed merge (from /proc/stat): above a few percent, that row's time is inflated. Peak memory is `ru_maxrss` after the high-water mark is reset once inputs "
         "are built, minus the RSS at that point"
-        + (" (cold: no rehearsal merge first, so the libraries' one-time code and workspaces are included)" if args.cold
-           else " (each worker first rehearses the same tool and method on two small modules, so the libraries' one-time code and workspaces are excluded)")
+        + (
+            " (cold: no rehearsal merge first, so the libraries' one-time code and workspaces are included)"
+            if args.cold
+            else " (each worker first rehearses the same tool and method on two small modules, so the libraries' one-time code and workspaces are excluded)"
+        )
         + ("" if all(r["peak_reset"] for r in results.values()) else " (**reset failed in some workers**)")
         + ". PEFT's dare_ties_svd error is against its own full-rank result replayed from the recorded RNG state.",
     ]
@@ -567,7 +640,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help=f"one layer, {QUICK_TARGETS} only")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: cores)")
     p.add_argument("--out", type=Path, default=RESULTS, help="markdown file for the results")
-    p.add_argument("--cold", action="store_true", help="no rehearsal merge before measuring: peaks then include the libraries' one-time code and workspace")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="no rehearsal merge before measuring: peaks then include the libraries' one-time code and workspace",
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:

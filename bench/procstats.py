@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 
 def rss_bytes() -> int:
@@ -33,7 +32,7 @@ def busy_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
-def other_load(before: tuple[float, float], after: tuple[float, float], wall: float) -> Optional[float]:
+def other_load(before: tuple[float, float], after: tuple[float, float], wall: float) -> float | None:
     """Share of the machine's CPU capacity that other processes used during `wall` seconds (None if too
     short to tell: /proc/stat counts in 10 ms ticks)."""
     if wall < 0.5:

@@ -24,17 +24,22 @@ COMPOSITE = "math-code"
 
 
 def train_all(skills: list[str], folder: Path, threads: int | None, seed: int) -> dict:
-    from loramix.train.loop import TrainConfig, run_training
     from contextlib import nullcontext
+
+    from loramix.train.skill import TrainConfig, run_training
 
     logs = {}
     for skill in skills:
         began = time.time()
         config = TrainConfig(data=f"builtin:{skill}", out=folder / skill, threads=threads, seed=seed)
         log = run_training(config, lambda total: nullcontext(lambda *_: None))
-        logs[skill] = {"wall_seconds": round(time.time() - began, 1), "train_seconds": log["seconds"],
-                       "steps": log["steps"], "final_loss": log["final_loss"],
-                       "val_loss": log["val_loss"][-1]["loss"] if log["val_loss"] else None}
+        logs[skill] = {
+            "wall_seconds": round(time.time() - began, 1),
+            "train_seconds": log.history.seconds,
+            "steps": log.steps,
+            "final_loss": log.final_loss,
+            "val_loss": log.history.val[-1]["loss"] if log.history.val else None,
+        }
         print(f"trained {skill}: {logs[skill]}", file=sys.stderr, flush=True)
     return logs
 
@@ -42,10 +47,8 @@ def train_all(skills: list[str], folder: Path, threads: int | None, seed: int) -
 def score_all(skills: list[str], folder: Path, eval_limit: int) -> dict:
     from peft import PeftModel
 
-    from loramix.core import data
-    from loramix.evaluate import generation
-    from loramix.evaluate import metrics
-    from loramix.core import models
+    from loramix.core import data, models
+    from loramix.evaluate import generation, metrics
 
     path = models.resolve_base(models.BUNDLED)
     tokenizer = models.load_tokenizer(path)
@@ -96,12 +99,16 @@ def main() -> None:
         scores = score_all(skills, Path(tmp), a.eval_limit)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     md = table(skills, logs, scores)
-    header = (f"Built-in skills on loramix-tiny (train-skill defaults, seed {a.seed}, {a.eval_limit} eval items per "
-              f"task, exact match), commit {commit}, {platform.machine()} with {len(__import__('os').sched_getaffinity(0))} cores.\n"
-              f"Command: `python bench/skills.py {' '.join(sys.argv[1:])}`\n\n")
+    header = (
+        f"Built-in skills on loramix-tiny (train-skill defaults, seed {a.seed}, {a.eval_limit} eval items per "
+        f"task, exact match), commit {commit}, {platform.machine()} with {len(__import__('os').sched_getaffinity(0))} cores.\n"
+        f"Command: `python bench/skills.py {' '.join(sys.argv[1:])}`\n\n"
+    )
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "skills.md").write_text(header + md + "\n")
-    (a.out / "skills.json").write_text(json.dumps({"commit": commit, "train": logs, "exact_match": scores}, indent=1) + "\n")
+    (a.out / "skills.json").write_text(
+        json.dumps({"commit": commit, "train": logs, "exact_match": scores}, indent=1) + "\n"
+    )
     print(header + md)
 
 

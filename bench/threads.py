@@ -21,8 +21,23 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def train(out: Path, threads: int, steps: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "loramix", "train-skill", "builtin:math", "-o", str(out), "--force", "--json",
-           "--max-steps", str(steps), "--threads", str(threads), "--val-fraction", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "loramix",
+        "train-skill",
+        "builtin:math",
+        "-o",
+        str(out),
+        "--force",
+        "--json",
+        "--max-steps",
+        str(steps),
+        "--threads",
+        str(threads),
+        "--val-fraction",
+        "0",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
@@ -47,9 +62,16 @@ def main() -> None:
             busy.kill()
             busy.wait()
             rows.append((threads, alone, shared))
-            print(f"threads {threads}: alone {alone:,.0f} tok/s, beside a busy process {shared:,.0f} tok/s", file=sys.stderr)
-    lines = [f"train-skill builtin:math on loramix-tiny, {a.steps} steps, {cores} cores. Command: `python bench/threads.py --steps {a.steps}`", "",
-             "| --threads | alone (tok/s) | beside a busy training process (tok/s) |", "| --- | --- | --- |"]
+            print(
+                f"threads {threads}: alone {alone:,.0f} tok/s, beside a busy process {shared:,.0f} tok/s",
+                file=sys.stderr,
+            )
+    lines = [
+        f"train-skill builtin:math on loramix-tiny, {a.steps} steps, {cores} cores. Command: `python bench/threads.py --steps {a.steps}`",
+        "",
+        "| --threads | alone (tok/s) | beside a busy training process (tok/s) |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {t} | {x:,.0f} | {y:,.0f} |" for t, x, y in rows]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "threads.md").write_text("\n".join(lines) + "\n")

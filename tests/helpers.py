@@ -15,8 +15,13 @@ def tiny_llama(folder: Path, layers: int = 2, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder, safe_serialization=True)
@@ -24,8 +29,17 @@ def tiny_llama(folder: Path, layers: int = 2, seed: int = 0) -> Path:
 
 
 def make_adapter(
-    base: Path, out: Path, *, r: int = 4, alpha: float = 8, seed: int = 0, targets=TARGETS,
-    use_rslora: bool = False, rank_pattern=None, alpha_pattern=None, scale_b: float = 1.0,
+    base: Path,
+    out: Path,
+    *,
+    r: int = 4,
+    alpha: float = 8,
+    seed: int = 0,
+    targets=TARGETS,
+    use_rslora: bool = False,
+    rank_pattern=None,
+    alpha_pattern=None,
+    scale_b: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """A LoRA saved by PEFT with random, non-zero A and B (as if trained)."""
@@ -34,8 +48,13 @@ def make_adapter(
 
     model = AutoModelForCausalLM.from_pretrained(base)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, target_modules=list(targets), use_rslora=use_rslora,
-        rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {}, init_lora_weights=False,
+        r=r,
+        lora_alpha=alpha,
+        target_modules=list(targets),
+        use_rslora=use_rslora,
+        rank_pattern=rank_pattern or {},
+        alpha_pattern=alpha_pattern or {},
+        init_lora_weights=False,
     )
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, config)

@@ -11,15 +11,20 @@ import pytest
 import torch
 
 from loramix.core.adapters import Adapter, LoraModule, check_compatible, pattern_value, read_adapter
-from loramix.core.profiles import lora_config, write_adapter
 from loramix.core.errors import AdapterError
+from loramix.core.profiles import lora_config, write_adapter
 from tests.helpers import TARGETS, make_adapter
 
 LAYERS = 2
 # (out, in) of each target in the tiny Llama: hidden 32, 4 heads of 8, 2 kv heads, mlp 48
 SHAPES = {
-    "q_proj": (32, 32), "k_proj": (16, 32), "v_proj": (16, 32), "o_proj": (32, 32),
-    "gate_proj": (48, 32), "up_proj": (48, 32), "down_proj": (32, 48),
+    "q_proj": (32, 32),
+    "k_proj": (16, 32),
+    "v_proj": (16, 32),
+    "o_proj": (32, 32),
+    "gate_proj": (48, 32),
+    "up_proj": (48, 32),
+    "down_proj": (32, 48),
 }
 PATTERNS = dict(
     rank_pattern={"q_proj": 2, "layers.1.mlp.down_proj": 6},
@@ -169,7 +174,7 @@ def hetero_factors(dtype=torch.float32, seed=0) -> dict[str, tuple[torch.Tensor,
     g = torch.Generator().manual_seed(seed)
     ranks = {"q_proj": 5, "k_proj": 3, "v_proj": 3, "o_proj": 3, "gate_proj": 1, "up_proj": 3, "down_proj": 7}
     factors = {}
-    for i, name in enumerate(ALL_MODULES):
+    for _i, name in enumerate(ALL_MODULES):
         target = name.rsplit(".", 1)[-1]
         out, inp = SHAPES[target]
         r = ranks[target] + (1 if name == "model.layers.1.mlp.down_proj" else 0)  # one layer differs
@@ -202,9 +207,9 @@ def test_target_modules_are_full_names_when_kinds_cover_different_layers(base_di
     from tests.helpers import peft_logits
 
     names = [f"model.layers.{i}.self_attn.{k}" for i in (0, 1) for k in ("q_proj", "v_proj")]
-    assert lora_config({}, ranks={n: 2 for n in names}, base="b")["target_modules"] == ["q_proj", "v_proj"]
+    assert lora_config({}, ranks=dict.fromkeys(names, 2), base="b")["target_modules"] == ["q_proj", "v_proj"]
     partial = names[:2] + ["model.layers.1.self_attn.q_proj"]  # v_proj in layer 0 only
-    cfg = lora_config({}, ranks={n: 2 for n in partial}, base=str(base_dir))
+    cfg = lora_config({}, ranks=dict.fromkeys(partial, 2), base=str(base_dir))
     assert cfg["target_modules"] == sorted(partial)
     factors = {n: (torch.randn(2, 32), torch.randn(32 if "q_proj" in n else 16, 2)) for n in partial}
     (tmp_path / "p").mkdir()
@@ -218,7 +223,7 @@ def test_target_modules_are_full_names_when_kinds_cover_different_layers(base_di
 
 
 def test_lora_config_uniform_ranks_have_no_patterns():
-    cfg = lora_config({}, ranks={n: 4 for n in ALL_MODULES}, base="b")
+    cfg = lora_config({}, ranks=dict.fromkeys(ALL_MODULES, 4), base="b")
     assert cfg["r"] == cfg["lora_alpha"] == 4
     assert cfg["rank_pattern"] == {} and cfg["alpha_pattern"] == {}
 
@@ -261,7 +266,13 @@ def test_write_adapter_round_trip(adapters, base_dir, tmp_path, dtype):
     for name, (A, B) in factors.items():
         assert scales[name] == 1.0, name
         assert peft_ranks[name] == A.shape[0], name
-        torch.testing.assert_close(deltas[name], (B.float() @ A.float()), rtol=1e-2 if dtype != torch.float32 else 1e-5, atol=1e-2 if dtype != torch.float32 else 1e-5, msg=name)
+        torch.testing.assert_close(
+            deltas[name],
+            (B.float() @ A.float()),
+            rtol=1e-2 if dtype != torch.float32 else 1e-5,
+            atol=1e-2 if dtype != torch.float32 else 1e-5,
+            msg=name,
+        )
 
 
 def test_write_adapter_round_trips_a_peft_adapter(adapters, base_dir, tmp_path):
@@ -270,7 +281,9 @@ def test_write_adapter_round_trips_a_peft_adapter(adapters, base_dir, tmp_path):
     factors = {n: (m.A, m.scale * m.B) for n, m in src.modules.items()}
     out = tmp_path / "rewritten"
     out.mkdir()
-    write_adapter(out, lora_config(src.config, ranks={n: m.rank for n, m in src.modules.items()}, base=src.base), factors)
+    write_adapter(
+        out, lora_config(src.config, ranks={n: m.rank for n, m in src.modules.items()}, base=src.base), factors
+    )
     back = read_adapter(out)
     for name, m in src.modules.items():
         assert back.modules[name].scale == 1.0
@@ -333,7 +346,10 @@ def test_check_compatible_refuses_fan_in_fan_out_mismatch():
         ({"init_lora_weights": "pissa_niter_4"}, ["changed the base weights", "'pissa_niter_4'"]),
         ({"init_lora_weights": "olora"}, ["changed the base weights", "'olora'"]),
         ({"init_lora_weights": "loftq"}, ["changed the base weights", "'loftq'"]),
-        ({"use_dora": True, "modules_to_save": ["lm_head"]}, ["DoRA (use_dora: true); ", "modules_to_save: [\"lm_head\"]"]),
+        (
+            {"use_dora": True, "modules_to_save": ["lm_head"]},
+            ["DoRA (use_dora: true); ", 'modules_to_save: ["lm_head"]'],
+        ),
         ({"peft_type": "IA3"}, ["peft_type is IA3", "LoRA adapters only"]),
         ({"r": "four"}, ["r must be a positive whole number, got 'four'"]),
         ({"r": 0}, ["r must be a positive whole number, got 0"]),

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.soup import layer, table
 from loramix.core.adapters import read_adapter
+from loramix.soup import layer, table
 from tests.helpers import delta_logits, logits, make_adapter
 
 
@@ -34,7 +34,7 @@ def test_groups_per_granularity():
     names = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj"]
     assert table.groups(names, "layer") == (["0", "1"], {names[0]: 0, names[1]: 0, names[2]: 1})
     assert table.groups(names, "module")[1] == {names[0]: 0, names[1]: 1, names[2]: 2}
-    assert table.groups(names, "global") == (["all"], {n: 0 for n in names})
+    assert table.groups(names, "global") == (["all"], dict.fromkeys(names, 0))
     assert table.layer_of("transformer.h.11.attn.c_attn") == 11
     from loramix.core.errors import InputError
 
@@ -83,15 +83,19 @@ def test_bad_choices_are_refused(base_dir, three):
 
 @pytest.mark.parametrize("profile", ["peft", "portable"])
 def test_the_folded_adapter_reloads_in_peft_with_the_fitted_logits(base_dir, three, tmp_path, profile):
-    from loramix.core.profiles import write_adapter
-    from loramix.core.profiles import layout
+    from loramix.core.profiles import layout, write_adapter
     from tests.helpers import peft_logits
 
     model, adapters, alpha, _, group = _wrapped(base_dir, three)
     with torch.no_grad():
         alpha.raw.copy_(torch.tensor([[0.7, 1.3, -0.4], [0.2, 0.9, 1.1]]))
-    config, factors = layout(layer.folded_factors(adapters, alpha.raw.detach(), "free", group), profile, adapters[0].config,
-                             str(base_dir), torch.float32)
+    config, factors = layout(
+        layer.folded_factors(adapters, alpha.raw.detach(), "free", group),
+        profile,
+        adapters[0].config,
+        str(base_dir),
+        torch.float32,
+    )
     out = tmp_path / "merged"
     out.mkdir()
     write_adapter(out, config, factors)
@@ -130,7 +134,7 @@ def test_softmax_shares_alpha_among_the_adapters_a_module_has(base_dir, three):
 
 
 def test_an_adapter_absent_from_every_module_of_a_group_gets_no_gradient(base_dir, three):
-    model, _, alpha, labels, group = _wrapped(base_dir, three, granularity="module", param="softmax")
+    model, _, alpha, _labels, group = _wrapped(base_dir, three, granularity="module", param="softmax")
     ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
     model(input_ids=ids, labels=ids).loss.backward()
     mlp = [g for name, g in group.items() if "mlp" in name]

@@ -12,7 +12,6 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import List
 
 import pytest
 import typer
@@ -32,7 +31,12 @@ def app_tree() -> dict[str, set[str]]:
     tree = {}
     for name, cmd in group.commands.items():
         if not cmd.hidden:
-            names = [n for p in cmd.params if p.param_type_name == "option" and not p.hidden for n in p.opts + p.secondary_opts]
+            names = [
+                n
+                for p in cmd.params
+                if p.param_type_name == "option" and not p.hidden
+                for n in p.opts + p.secondary_opts
+            ]
             tree[name] = {n for n in names if n.startswith("--")} | {"--help"}
     return tree
 
@@ -42,7 +46,7 @@ def bash_complete(*words: str, cwd: Path | None = None) -> list[str]:
     script = f"""
         source {shlex.quote(str(BASH))}
         spec=$(complete -p loramix) && fn=${{spec#*-F }} && fn=${{fn%% *}}
-        COMP_WORDS=({' '.join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}; COMPREPLY=()
+        COMP_WORDS=({" ".join(shlex.quote(w) for w in words)}); COMP_CWORD={len(words) - 1}; COMPREPLY=()
         "$fn" && printf '%s\\n' "${{COMPREPLY[@]}}"
     """
     run = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True, cwd=cwd)
@@ -66,7 +70,11 @@ def has_token(text: str, token: str) -> bool:
 
 def test_committed_scripts_are_what_the_generator_writes_now():
     texts = completions.generate()
-    stale = [name for name, text in texts.items() if not (SCRIPTS / name).is_file() or (SCRIPTS / name).read_text(encoding="utf-8") != text]
+    stale = [
+        name
+        for name, text in texts.items()
+        if not (SCRIPTS / name).is_file() or (SCRIPTS / name).read_text(encoding="utf-8") != text
+    ]
     assert not stale, f"completion scripts out of date: {', '.join(stale)}; {REGENERATE}"
 
 
@@ -158,7 +166,7 @@ def test_generator_follows_types_of_a_new_app(monkeypatch):
 
     @demo.command()
     def paint(
-        files: List[Path] = typer.Argument(..., help="What to paint."),
+        files: list[Path] = typer.Argument(..., help="What to paint."),
         color: Color = typer.Option(Color.red, "--color", "-c", help="Which paint."),
         folder: Path = typer.Option(None, "--folder", dir_okay=True, file_okay=False),
         dry: bool = typer.Option(False, "--dry/--wet"),
@@ -170,7 +178,7 @@ def test_generator_follows_types_of_a_new_app(monkeypatch):
         """Wash things."""
 
     monkeypatch.setattr(completions, "VALUES", {})
-    root, commands = completions.read_app(demo)
+    _root, commands = completions.read_app(demo)
     paint_cmd = {c.name: c for c in commands}["paint"]
     opts = {o.names[0]: o for o in paint_cmd.options}
     assert opts["--color"].kind == "choice" and opts["--color"].choices == ("blue", "red")

@@ -115,20 +115,28 @@ def test_digest_names_the_rows(tmp_path):
     assert len(digest) == 64 and int(digest, 16) >= 0
     assert load(str(a)).digest == digest  # stable
     # the same rows written differently (spacing, key order, blank lines, another file): same digest
-    b = write(tmp_path / "b.jsonl", '{"completion": " 4",   "prompt": "Problem: 2 + 2\\nAnswer:"}', "",
-              '{ "text" : "Tom has 3 apples." }')
+    b = write(
+        tmp_path / "b.jsonl",
+        '{"completion": " 4",   "prompt": "Problem: 2 + 2\\nAnswer:"}',
+        "",
+        '{ "text" : "Tom has 3 apples." }',
+    )
     assert load(str(b)).digest == digest
     assert Dataset("elsewhere", [PROMPT, TEXT]).digest == digest
 
 
-@pytest.mark.parametrize("change", [
-    [dict(PROMPT, completion=" 5"), TEXT],
-    [PROMPT, {"text": "Tom has 3 apples"}],
-    [dict(PROMPT, answer=4), TEXT],
-    [TEXT, PROMPT],
-    [PROMPT],
-    [PROMPT, TEXT, TEXT],
-], ids=["completion", "text", "added-field", "order", "fewer", "more"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        [dict(PROMPT, completion=" 5"), TEXT],
+        [PROMPT, {"text": "Tom has 3 apples"}],
+        [dict(PROMPT, answer=4), TEXT],
+        [TEXT, PROMPT],
+        [PROMPT],
+        [PROMPT, TEXT, TEXT],
+    ],
+    ids=["completion", "text", "added-field", "order", "fewer", "more"],
+)
 def test_digest_changes_with_any_row(change):
     assert Dataset("d", change).digest != Dataset("d", [PROMPT, TEXT]).digest
 
@@ -169,16 +177,25 @@ def test_malformed_json_names_file_and_line(tmp_path):
 
 
 def test_malformed_json_on_the_first_line(tmp_path):
-    refused(write(tmp_path / "f.jsonl", "prompt, completion", json.dumps(PROMPT)), f"{tmp_path / 'f.jsonl'}:1", "not JSON")
+    refused(
+        write(tmp_path / "f.jsonl", "prompt, completion", json.dumps(PROMPT)), f"{tmp_path / 'f.jsonl'}:1", "not JSON"
+    )
 
 
 def test_two_objects_on_one_line(tmp_path):
     refused(write(tmp_path / "f.jsonl", json.dumps(TEXT) + " " + json.dumps(TEXT)), "f.jsonl:1", "not JSON")
 
 
-@pytest.mark.parametrize("line, what", [
-    ("[1, 2]", "list"), ('"text"', "str"), ("42", "int"), ("null", "NoneType"), ("true", "bool"),
-])
+@pytest.mark.parametrize(
+    "line, what",
+    [
+        ("[1, 2]", "list"),
+        ('"text"', "str"),
+        ("42", "int"),
+        ("null", "NoneType"),
+        ("true", "bool"),
+    ],
+)
 def test_a_line_that_is_not_an_object(tmp_path, line, what):
     f = write(tmp_path / "f.jsonl", json.dumps(TEXT), line)
     refused(f, f"{f}:2", "must be a JSON object", what)
@@ -194,9 +211,15 @@ def test_completion_without_prompt(tmp_path):
     refused(f, f"{f}:1", "exactly one of", "completion")
 
 
-@pytest.mark.parametrize("row", [
-    dict(PROMPT, text="x"), dict(TEXT, **MESSAGES), dict(PROMPT, **MESSAGES), dict(PROMPT, text="x", **MESSAGES),
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        dict(PROMPT, text="x"),
+        dict(TEXT, **MESSAGES),
+        dict(PROMPT, **MESSAGES),
+        dict(PROMPT, text="x", **MESSAGES),
+    ],
+)
 def test_a_row_with_two_formats(tmp_path, row):
     f = jsonl(tmp_path / "f.jsonl", TEXT, TEXT, row)
     error = refused(f, f"{f}:3", "exactly one of")
@@ -210,14 +233,17 @@ def test_a_row_with_no_format(tmp_path, row):
     refused(f, f"{f}:1", "exactly one of", *(row or ["no fields"]))
 
 
-@pytest.mark.parametrize("row, field", [
-    ({"prompt": 1, "completion": "a"}, "prompt"),
-    ({"prompt": "a", "completion": 4}, "completion"),
-    ({"prompt": "a", "completion": None}, "completion"),
-    ({"prompt": ["a"], "completion": "b"}, "prompt"),
-    ({"text": 3}, "text"),
-    ({"text": {"a": 1}}, "text"),
-])
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        ({"prompt": 1, "completion": "a"}, "prompt"),
+        ({"prompt": "a", "completion": 4}, "completion"),
+        ({"prompt": "a", "completion": None}, "completion"),
+        ({"prompt": ["a"], "completion": "b"}, "prompt"),
+        ({"text": 3}, "text"),
+        ({"text": {"a": 1}}, "text"),
+    ],
+)
 def test_a_field_that_is_not_a_string(tmp_path, row, field):
     f = jsonl(tmp_path / "f.jsonl", TEXT, row)
     refused(f, f"{f}:2", f'"{field}" must be a string')
@@ -229,17 +255,20 @@ def test_an_empty_text(tmp_path, text):
     refused(f, f"{f}:1", '"text" is empty')
 
 
-@pytest.mark.parametrize("messages, needle", [
-    ([], '"messages" must be a non-empty list'),
-    ("hello", '"messages" must be a non-empty list'),
-    ({"role": "user", "content": "x"}, '"messages" must be a non-empty list'),
-    (None, '"messages" must be a non-empty list'),
-    (["hello"], 'messages[0] needs string "role" and "content"'),
-    ([{"role": "user"}], 'messages[0] needs string "role" and "content"'),
-    ([{"content": "x"}], 'messages[0] needs string "role" and "content"'),
-    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": 5}], "messages[1]"),
-    ([{"role": "user", "content": "x"}, {"role": None, "content": "y"}], "messages[1]"),
-])
+@pytest.mark.parametrize(
+    "messages, needle",
+    [
+        ([], '"messages" must be a non-empty list'),
+        ("hello", '"messages" must be a non-empty list'),
+        ({"role": "user", "content": "x"}, '"messages" must be a non-empty list'),
+        (None, '"messages" must be a non-empty list'),
+        (["hello"], 'messages[0] needs string "role" and "content"'),
+        ([{"role": "user"}], 'messages[0] needs string "role" and "content"'),
+        ([{"content": "x"}], 'messages[0] needs string "role" and "content"'),
+        ([{"role": "user", "content": "x"}, {"role": "assistant", "content": 5}], "messages[1]"),
+        ([{"role": "user", "content": "x"}, {"role": None, "content": "y"}], "messages[1]"),
+    ],
+)
 def test_bad_messages(tmp_path, messages, needle):
     f = jsonl(tmp_path / "f.jsonl", MESSAGES, {"messages": messages})
     refused(f, f"{f}:2", needle)
@@ -274,9 +303,14 @@ def test_empty_builtin_name():
     refused("builtin:", "no built-in skill ''")
 
 
-@pytest.mark.parametrize("source, split", [
-    ("builtin:math:test", "test"), ("builtin:code:Eval", "Eval"), ("builtin:math:eval:2", "eval:2"),
-])
+@pytest.mark.parametrize(
+    "source, split",
+    [
+        ("builtin:math:test", "test"),
+        ("builtin:code:Eval", "Eval"),
+        ("builtin:math:eval:2", "eval:2"),
+    ],
+)
 def test_unknown_split(source, split):
     error = refused(source, source, f"no split {split!r}")
     assert error.hint == "splits: train, eval"
@@ -378,8 +412,10 @@ def test_messages_need_a_chat_template(tokenizer):
     assert "prompt" in info.value.hint
 
 
-MARKED = ("{% for m in messages %}{{ m['role'] }} : {% if m['role'] == 'assistant' %}{% generation %}"
-          "{{ m['content'] }} <eos>{% endgeneration %}{% else %}{{ m['content'] }}{% endif %} {% endfor %}")
+MARKED = (
+    "{% for m in messages %}{{ m['role'] }} : {% if m['role'] == 'assistant' %}{% generation %}"
+    "{{ m['content'] }} <eos>{% endgeneration %}{% else %}{{ m['content'] }}{% endif %} {% endfor %}"
+)
 UNMARKED = "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
 
 

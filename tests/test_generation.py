@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.core import data
+from loramix.core import data, models
 from loramix.evaluate import generation
-from loramix.core import models
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +20,7 @@ def _prompts(tokenizer, n=12):
     return generation.prompt_ids(rows, tokenizer)
 
 
+@pytest.mark.slow
 def test_batched_generation_equals_one_prompt_at_a_time(tiny):
     model, tokenizer = tiny
     prompts = _prompts(tokenizer)
@@ -31,9 +31,14 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny):
     assert [g.tokens for g in batched] == [g.tokens for g in single]
     plain = []
     for p in prompts[:4]:  # and the same as transformers' own generate() on the unpadded prompt
-        ids = model.generate(input_ids=torch.tensor([p]), max_new_tokens=12, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new = ids[0, len(p):].tolist()
+        ids = model.generate(
+            input_ids=torch.tensor([p]),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = ids[0, len(p) :].tolist()
         new = new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
         plain.append(tokenizer.decode(new, skip_special_tokens=True))
     assert [g.text for g in batched[:4]] == plain
@@ -63,7 +68,10 @@ def test_order_is_kept_and_progress_counts_items(tiny):
 def test_prompt_ids_with_a_few_shot_prefix_and_messages(tiny):
     _, tokenizer = tiny
     row = {"prompt": "Problem: 2 + 2?\nAnswer:", "completion": " 2 + 2"}
-    plain, prefixed = generation.prompt_ids([row, row], tokenizer, prefix="")[0], generation.prompt_ids([row], tokenizer, prefix="Q\n")[0]
-    assert prefixed[-len(plain) + 1:] == plain[1:] and len(prefixed) > len(plain)  # BOS, then the prefix
+    plain, prefixed = (
+        generation.prompt_ids([row, row], tokenizer, prefix="")[0],
+        generation.prompt_ids([row], tokenizer, prefix="Q\n")[0],
+    )
+    assert prefixed[-len(plain) + 1 :] == plain[1:] and len(prefixed) > len(plain)  # BOS, then the prefix
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     assert generation.prompt_messages(messages) == messages[:1]

@@ -101,7 +101,9 @@ def test_the_held_out_composite_shares_no_problem_or_story_with_math_or_code(key
     assert {key for _, key in keyed["math-code", "train"]} & {key for _, key in keyed["math", "train"]}
     # no word problem of the composite eval split is a math training story
     stories = {row["prompt"].removeprefix("Problem: ").removesuffix("\nAnswer:") for row, _ in keyed["math", "train"]}
-    composite_stories = {row["prompt"].removeprefix("Problem: ").removesuffix("\nCode:") for row, _ in keyed["math-code", "eval"]}
+    composite_stories = {
+        row["prompt"].removeprefix("Problem: ").removesuffix("\nCode:") for row, _ in keyed["math-code", "eval"]
+    }
     assert all(s and "\n" not in s for s in stories | composite_stories)
     assert not stories & composite_stories
 
@@ -152,7 +154,7 @@ def test_another_seed_gives_other_rows_in_the_same_splits(monkeypatch, keyed):
 
 
 def test_every_row_has_prompt_completion_and_answer(keyed):
-    for (name, split), pairs in keyed.items():
+    for pairs in keyed.values():
         for row, _ in pairs:
             assert set(row) == {"prompt", "completion", "answer"}, row
             assert isinstance(row["prompt"], str) and isinstance(row["completion"], str)
@@ -161,13 +163,13 @@ def test_every_row_has_prompt_completion_and_answer(keyed):
 
 
 def test_the_completion_computes_the_answer(keyed):
-    for (name, split), pairs in keyed.items():
-        for row, key in pairs:
+    for (name, _split), pairs in keyed.items():
+        for row, _key in pairs:
             expr = arithmetic_of(name, row["completion"])
             assert re.fullmatch(r"\d+( [-+*/] \d+)+", expr), (name, row)
             assert value(expr) == row["answer"], (name, row)
             # Python itself agrees (a division answer is exact)
-            assert eval(expr) == row["answer"], (name, row)  # noqa: S307 - the pattern above
+            assert eval(expr) == row["answer"], (name, row)
 
 
 def test_the_expression_is_the_problem_behind_it(keyed):
@@ -217,11 +219,24 @@ def test_default_sizes_are_delivered_with_distinct_prompts(name):
 # --- number words and value() ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n, words", [
-    (0, "zero"), (7, "seven"), (13, "thirteen"), (19, "nineteen"), (20, "twenty"), (40, "forty"),
-    (42, "forty two"), (99, "ninety nine"), (100, "one hundred"), (105, "one hundred five"),
-    (110, "one hundred ten"), (340, "three hundred forty"), (999, "nine hundred ninety nine"),
-])
+@pytest.mark.parametrize(
+    "n, words",
+    [
+        (0, "zero"),
+        (7, "seven"),
+        (13, "thirteen"),
+        (19, "nineteen"),
+        (20, "twenty"),
+        (40, "forty"),
+        (42, "forty two"),
+        (99, "ninety nine"),
+        (100, "one hundred"),
+        (105, "one hundred five"),
+        (110, "one hundred ten"),
+        (340, "three hundred forty"),
+        (999, "nine hundred ninety nine"),
+    ],
+)
 def test_number_word(n, words):
     assert number_word(n) == words
 
@@ -235,10 +250,23 @@ def test_value_of_generated_expressions():
     assert value(" print(4 * 12)".removeprefix(" print")) == 48
 
 
-@pytest.mark.parametrize("expr", [
-    "__import__('os').system('true')", "open('f')", "x", "1 + a", "2.5 * 2", "1e3", "1; 2", "1 % 2",
-    "[1, 2]", "print(1)", "4 * 12\n", "True",
-])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "__import__('os').system('true')",
+        "open('f')",
+        "x",
+        "1 + a",
+        "2.5 * 2",
+        "1e3",
+        "1; 2",
+        "1 % 2",
+        "[1, 2]",
+        "print(1)",
+        "4 * 12\n",
+        "True",
+    ],
+)
 def test_value_refuses_anything_but_digits_and_operators(expr):
     with pytest.raises(ValueError, match="not a generated expression"):
         value(expr)
@@ -250,8 +278,9 @@ def test_value_refuses_anything_but_digits_and_operators(expr):
 def test_a_split_that_cannot_fill_the_request_raises(monkeypatch):
     key = ("add", 1, 1)
     only = Problem(key, "1 + 1", "one problem only")
-    monkeypatch.setitem(SKILLS, "one", skills.Skill("one", "one problem", lambda rng: only,
-                                                     lambda p: p.text, lambda p: f" {p.expr}"))
+    monkeypatch.setitem(
+        SKILLS, "one", skills.Skill("one", "one problem", lambda rng: only, lambda p: p.text, lambda p: f" {p.expr}")
+    )
     assert rows("one", split_of(key), 1) == [{"prompt": "one problem only", "completion": " 1 + 1", "answer": 2}]
     with pytest.raises(ValueError, match=rf"builtin:one:{split_of(key)} has fewer than 2 distinct rows"):
         rows("one", split_of(key), 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from loramix.train.skill import TrainConfig
 def test_learning_rate_warms_up_then_decays_to_zero():
     lrs = [loop.learning_rate(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # from the peak on
     assert lrs[-1] < 0.001 and lrs[55] == pytest.approx(0.5, abs=0.01)
 
 
@@ -38,12 +40,14 @@ def test_validation_split_is_seeded_and_disjoint():
 
 
 def _short_run(out, **kw):
-    options = dict(data="builtin:math", out=out, limit=256, batch_size=16, max_steps=16, rank=8,
-                   threads=1, val_fraction=0.0)
+    options = dict(
+        data="builtin:math", out=out, limit=256, batch_size=16, max_steps=16, rank=8, threads=1, val_fraction=0.0
+    )
     options.update(kw)
     return skill.prepare(TrainConfig(**options))
 
 
+@pytest.mark.slow
 def test_short_run_lowers_eval_loss_and_the_adapter_reloads_in_peft(tmp_path):
     from peft import PeftModel
 
@@ -76,8 +80,10 @@ def test_text_rows_train_on_every_token(tmp_path):
     assert len(history.loss) == 2 and history.tokens > 0
 
 
-TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"
-            "{% endgeneration %}{% else %}{{ m['role'] }}: {{ m['content'] }}{% endif %}\n{% endfor %}")
+TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"
+    "{% endgeneration %}{% else %}{{ m['role'] }}: {{ m['content'] }}{% endif %}\n{% endfor %}"
+)
 
 
 def test_messages_rows_learn_only_the_assistant_turns():
@@ -85,8 +91,12 @@ def test_messages_rows_learn_only_the_assistant_turns():
 
     tokenizer = models.load_tokenizer(models.bundled_path())
     tokenizer.chat_template = TEMPLATE
-    row = {"messages": [{"role": "user", "content": "Print the sum of 2 and 3."},
-                        {"role": "assistant", "content": "print(2 + 3)"}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Print the sum of 2 and 3."},
+            {"role": "assistant", "content": "print(2 + 3)"},
+        ]
+    }
     ids, labels = data.tokenize(row, tokenizer, 256)
     learned = tokenizer.decode([t for t in labels if t != data.IGNORE])
     assert learned == "print(2 + 3)" and tokenizer.decode(ids).startswith("user: Print the sum")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loramix.core import models
 from loramix.train import pretrain
 from loramix.zoo.skills import SKILLS, rows
@@ -37,6 +39,7 @@ def test_tokenizer_round_trips_every_skill():
                 assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
 
 
+@pytest.mark.slow
 def test_pretraining_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 

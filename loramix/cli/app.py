@@ -12,7 +12,8 @@ import typer
 from typer.core import TyperGroup
 
 from loramix import __version__
-from loramix.cli import data, demo, eval as eval_command, fit_cat, inspect, merge, train_skill
+from loramix.cli import data, demo, fit_cat, inspect, merge, train_skill
+from loramix.cli import eval as eval_command
 from loramix.core.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, LoramixError
 
 

@@ -122,8 +122,11 @@ def _read_params(command: str, cmd, ctx) -> tuple[tuple[Param, ...], tuple[Param
 def read_app(app: typer.Typer | None = None) -> tuple[Cmd, tuple[Cmd, ...]]:
     """The root (its options, no arguments) and its visible commands sorted by name."""
     if app is None:
-        from loramix.cli.app import app
+        from loramix.cli.app import app as loramix_app
+
+        app = loramix_app
     group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup), "the app has commands"
     ctx = typer.Context(group, info_name=PROG, **group.context_settings)  # no parsing, no callbacks
     root = Cmd(PROG, _one_line(group.help), *_read_params(PROG, group, ctx))
     commands = []
@@ -159,7 +162,7 @@ def _arguments_value(cmd: Cmd) -> tuple[str | None, tuple[str, ...]]:
 # --- bash -----------------------------------------------------------------------------------------
 def _bash_action(kind: str | None, choices) -> str:
     flags = [f"-W '{' '.join(choices)}'"] if choices else []
-    flags += {"path": ["-f"], "file": ["-f"], "dir": ["-d"]}.get(kind, [])
+    flags += {"path": ["-f"], "file": ["-f"], "dir": ["-d"]}.get(kind or "", [])
     filenames = "compopt -o filenames 2>/dev/null; " if kind in PATH_KINDS else ""
     return f"{filenames}_loramix_reply {' '.join(flags)}" if flags else ""
 
@@ -182,9 +185,15 @@ def _bash_function(cmd: Cmd, words: tuple[str, ...] = ()) -> list[str]:
 
 
 def render_bash(root: Cmd, commands: tuple[Cmd, ...]) -> str:
-    lines = [f"# bash completion for {PROG}. {NOTICE}",
-             "# Use: source this file, or copy it to ~/.local/share/bash-completion/completions/loramix.", "",
-             "_loramix_reply() {", '    mapfile -t COMPREPLY < <(compgen "$@" -- "$cur")', "}", ""]
+    lines = [
+        f"# bash completion for {PROG}. {NOTICE}",
+        "# Use: source this file, or copy it to ~/.local/share/bash-completion/completions/loramix.",
+        "",
+        "_loramix_reply() {",
+        '    mapfile -t COMPREPLY < <(compgen "$@" -- "$cur")',
+        "}",
+        "",
+    ]
     lines += _bash_function(root, tuple(c.name for c in commands))
     for c in commands:
         lines += _bash_function(c)
@@ -242,19 +251,38 @@ def _zsh_arguments(head: str, specs: list[str], tail: str = "") -> list[str]:
 
 
 def render_zsh(root: Cmd, commands: tuple[Cmd, ...]) -> str:
-    lines = [f"#compdef {PROG}", f"# zsh completion for {PROG}. {NOTICE}",
-             "# Use: put this file, named _loramix, in a folder on $fpath before compinit runs.", "",
-             "_loramix_commands() {", "  local -a commands", "  commands=("]
+    lines = [
+        f"#compdef {PROG}",
+        f"# zsh completion for {PROG}. {NOTICE}",
+        "# Use: put this file, named _loramix, in a folder on $fpath before compinit runs.",
+        "",
+        "_loramix_commands() {",
+        "  local -a commands",
+        "  commands=(",
+    ]
     lines += [f"    {_zsh_quote(c.name + ':' + c.help)}" for c in commands]
     lines += ["  )", "  _describe -t commands 'loramix command' commands", "}", ""]
     for c in commands:
         lines += [f"{c.fname}() {{", *_zsh_arguments("_arguments -s -S", _zsh_specs(c)), "}", ""]
     specs = _zsh_specs(root) + ["'1: :_loramix_commands'", "'*:: :->command'"]
-    lines += ["_loramix() {", '  local curcontext="$curcontext" state line ret=1', "  typeset -A opt_args",
-              *_zsh_arguments("_arguments -C -s -S", specs, " && ret=0"),
-              "  case $state in", "    command)", '      curcontext="${curcontext%:*:*}:loramix-$words[1]:"',
-              "      case $words[1] in", *(f"        {c.name}) {c.fname} && ret=0 ;;" for c in commands),
-              "      esac", "      ;;", "  esac", "  return ret", "}", "", '_loramix "$@"']
+    lines += [
+        "_loramix() {",
+        '  local curcontext="$curcontext" state line ret=1',
+        "  typeset -A opt_args",
+        *_zsh_arguments("_arguments -C -s -S", specs, " && ret=0"),
+        "  case $state in",
+        "    command)",
+        '      curcontext="${curcontext%:*:*}:loramix-$words[1]:"',
+        "      case $words[1] in",
+        *(f"        {c.name}) {c.fname} && ret=0 ;;" for c in commands),
+        "      esac",
+        "      ;;",
+        "  esac",
+        "  return ret",
+        "}",
+        "",
+        '_loramix "$@"',
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -265,7 +293,7 @@ def _fish_quote(text: str) -> str:
 
 def _fish_values(kind: str | None, choices) -> list[str]:
     """-F: files (the script turns them off by default); -a: directories or fixed values."""
-    parts = {"path": ["-F"], "file": ["-F"], "dir": ["-a", "'(__fish_complete_directories)'"]}.get(kind, [])
+    parts = {"path": ["-F"], "file": ["-F"], "dir": ["-a", "'(__fish_complete_directories)'"]}.get(kind or "", [])
     return parts + (["-a", _fish_quote(" ".join(choices))] if choices else [])
 
 
@@ -279,8 +307,13 @@ def _fish_option(condition: str, o: Param) -> str:
 
 
 def render_fish(root: Cmd, commands: tuple[Cmd, ...]) -> str:
-    lines = [f"# fish completion for {PROG}. {NOTICE}",
-             "# Use: copy this file to ~/.config/fish/completions/loramix.fish.", "", "complete -c loramix -f", ""]
+    lines = [
+        f"# fish completion for {PROG}. {NOTICE}",
+        "# Use: copy this file to ~/.config/fish/completions/loramix.fish.",
+        "",
+        "complete -c loramix -f",
+        "",
+    ]
     lines += [_fish_option("__fish_use_subcommand", o) for o in root.options]
     lines += [f"complete -c loramix -n __fish_use_subcommand -a {c.name} -d {_fish_quote(c.help)}" for c in commands]
     for c in commands:
@@ -313,8 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     texts = generate()
     stale = stale_files(args.dir, texts)
     if args.check and stale:
-        print(f"stale completion scripts: {', '.join(map(str, stale))}\n"
-              "regenerate them with: python -m loramix.cli.completions", file=sys.stderr)
+        print(
+            f"stale completion scripts: {', '.join(map(str, stale))}\n"
+            "regenerate them with: python -m loramix.cli.completions",
+            file=sys.stderr,
+        )
         return 1
     if not args.check:
         args.dir.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,15 @@ from loramix.cli import options
 
 
 def data(
-    source: Optional[str] = typer.Argument(None, help="builtin:NAME[:SPLIT] or a JSONL file [default: list the built-in skills].", show_default=False),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Rows to show or export [default: 5 shown; all exported]."),
-    dump: Optional[Path] = typer.Option(None, "--dump", help="Write the rows to this JSONL file instead of showing them."),
+    source: Optional[str] = typer.Argument(
+        None, help="builtin:NAME[:SPLIT] or a JSONL file [default: list the built-in skills].", show_default=False
+    ),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", "-n", help="Rows to show or export [default: 5 shown; all exported]."
+    ),
+    dump: Optional[Path] = typer.Option(
+        None, "--dump", help="Write the rows to this JSONL file instead of showing them."
+    ),
     force: bool = options.force("--dump"),
     json_out: bool = options.json_out("a table or JSONL lines"),
 ) -> None:
@@ -46,8 +52,16 @@ def _list(json_out: bool) -> None:
     from loramix.cli.render import console, views
     from loramix.zoo.skills import SKILLS
 
-    rows = [{"name": f"builtin:{s.name}", "summary": s.summary, "held_out": s.composite,
-             "train_rows": s.default_rows("train"), "eval_rows": s.default_rows("eval")} for s in SKILLS.values()]
+    rows = [
+        {
+            "name": f"builtin:{s.name}",
+            "summary": s.summary,
+            "held_out": s.composite,
+            "train_rows": s.default_rows("train"),
+            "eval_rows": s.default_rows("eval"),
+        }
+        for s in SKILLS.values()
+    ]
     if json_out:
         console.print_json({"skills": rows})
     else:

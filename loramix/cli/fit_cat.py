@@ -14,20 +14,37 @@ from loramix.soup.table import Granularity, Param
 
 
 def fit_cat(
-    adapters: List[Path] = typer.Argument(..., help="Two or more skill adapters (PEFT folders) on one base.", show_default=False),
-    data: List[str] = typer.Option(..., "--data", "-d", help="A skill's data: JSONL or builtin:NAME; repeat once per skill.", show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: the merged adapter plus the α table.", show_default=False),
+    adapters: List[Path] = typer.Argument(
+        ..., help="Two or more skill adapters (PEFT folders) on one base.", show_default=False
+    ),
+    data: List[str] = typer.Option(
+        ..., "--data", "-d", help="A skill's data: JSONL or builtin:NAME; repeat once per skill.", show_default=False
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder: the merged adapter plus the α table.", show_default=False
+    ),
     fraction: float = typer.Option(0.05, "--fraction", help="Share of each --data set used (the paper: 5%)."),
-    granularity: Granularity = typer.Option("layer", "--granularity", case_sensitive=False, help="One α per adapter per layer, per module, or global."),
-    param: Param = typer.Option("free", "--param", case_sensitive=False, help="free (α itself) or softmax (α = softmax of logits over adapters)."),
+    granularity: Granularity = typer.Option(
+        "layer", "--granularity", case_sensitive=False, help="One α per adapter per layer, per module, or global."
+    ),
+    param: Param = typer.Option(
+        "free",
+        "--param",
+        case_sensitive=False,
+        help="free (α itself) or softmax (α = softmax of logits over adapters).",
+    ),
     init: float = typer.Option(1.0, "--init", help="Initial α for --param free."),
     lr: float = typer.Option(0.1, "--lr", help="Peak learning rate for α."),
     epochs: int = typer.Option(1, "--epochs", help="Passes over the mixed rows."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Stop after this many optimizer steps (overrides --epochs)."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help="Stop after this many optimizer steps (overrides --epochs)."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", help="Rows per forward pass."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Forward passes per optimizer step."),
     max_length: int = typer.Option(256, "--max-length", help="Tokens kept per row."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the mixed rows held out; the α with the best validation loss is kept."),
+    val_fraction: float = typer.Option(
+        0.1, "--val-fraction", help="Share of the mixed rows held out; the α with the best validation loss is kept."
+    ),
     profile: Profile = options.profile(),
     rank: Optional[int] = options.rank("Truncate the written adapter to this rank by SVD [default: Σr, exact]."),
     base: Optional[str] = options.base(),
@@ -52,11 +69,29 @@ def fit_cat(
     from loramix.soup.fit import CatConfig, run_fit
 
     config = CatConfig(
-        adapters=list(adapters), data=list(data), out=out, base=base, fraction=fraction,
-        granularity=granularity.value, param=param.value, init=init, lr=lr, epochs=epochs, max_steps=steps,
-        batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, val_fraction=val_fraction,
-        profile=profile.value, rank=rank, load_in_4bit=load_in_4bit, dtype=dtype.value, device=device,
-        threads=threads, seed=seed, force=force,
+        adapters=list(adapters),
+        data=list(data),
+        out=out,
+        base=base,
+        fraction=fraction,
+        granularity=granularity.value,
+        param=param.value,
+        init=init,
+        lr=lr,
+        epochs=epochs,
+        max_steps=steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        val_fraction=val_fraction,
+        profile=profile.value,
+        rank=rank,
+        load_in_4bit=load_in_4bit,
+        dtype=dtype.value,
+        device=device,
+        threads=threads,
+        seed=seed,
+        force=force,
     )
     report = run_fit(config, lambda total: progress.training_progress("fit-cat", total))
     if json_out:

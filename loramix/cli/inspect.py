@@ -8,13 +8,16 @@ from typing import List, Optional
 import typer
 
 from loramix.cli import options
-
 from loramix.core.errors import InputError
 
 
 def inspect(
-    paths: List[Path] = typer.Argument(..., help="One adapter folder or fit-cat result, or two adapters to compare.", show_default=False),
-    density: float = typer.Option(0.2, "--density", help="Comparing: TIES trim before counting sign conflicts (1 = every entry)."),
+    paths: List[Path] = typer.Argument(
+        ..., help="One adapter folder or fit-cat result, or two adapters to compare.", show_default=False
+    ),
+    density: float = typer.Option(
+        0.2, "--density", help="Comparing: TIES trim before counting sign conflicts (1 = every entry)."
+    ),
     svg: Optional[Path] = typer.Option(None, "--svg", help="Also save the picture as an SVG file."),
     json_out: bool = options.json_out(),
 ) -> None:

@@ -17,15 +17,29 @@ from loramix.merge.names import MethodName
 
 def merge(
     adapters: Optional[List[Path]] = typer.Argument(None, help="Adapter folders (PEFT layout).", show_default=False),
-    method: Optional[MethodName] = typer.Option(None, "--method", "-m", case_sensitive=False, show_default=False, help="Merge method; see --list-methods."),
+    method: Optional[MethodName] = typer.Option(
+        None, "--method", "-m", case_sensitive=False, show_default=False, help="Merge method; see --list-methods."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="One weight per adapter, comma-separated, e.g. 1,0.5 [default: all 1]."),
-    density: Optional[float] = typer.Option(None, "--density", help="Fraction of entries kept (ties, dare_*, magnitude_prune)."),
-    majority_sign: Optional[MajoritySign] = typer.Option(None, "--majority-sign", case_sensitive=False, show_default=False, help="TIES sign election [default: total]."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", "-w", help="One weight per adapter, comma-separated, e.g. 1,0.5 [default: all 1]."
+    ),
+    density: Optional[float] = typer.Option(
+        None, "--density", help="Fraction of entries kept (ties, dare_*, magnitude_prune)."
+    ),
+    majority_sign: Optional[MajoritySign] = typer.Option(
+        None, "--majority-sign", case_sensitive=False, show_default=False, help="TIES sign election [default: total]."
+    ),
     rank: Optional[int] = options.rank("Rank of the written adapter [default: sum of input ranks; svd: the largest]."),
     profile: Profile = options.profile(),
-    cat_weights: Optional[Path] = typer.Option(None, "--cat-weights", help="fit-cat's α table (its output folder or cat_weights.json): rebuild the adapter with -m cat [adapters default to the table's]."),
-    into_base: Optional[str] = typer.Option(None, "--into-base", help="Write a full merged model on this base instead of an adapter."),
+    cat_weights: Optional[Path] = typer.Option(
+        None,
+        "--cat-weights",
+        help="fit-cat's α table (its output folder or cat_weights.json): rebuild the adapter with -m cat [adapters default to the table's].",
+    ),
+    into_base: Optional[str] = typer.Option(
+        None, "--into-base", help="Write a full merged model on this base instead of an adapter."
+    ),
     list_methods: bool = typer.Option(False, "--list-methods", help="List the merge methods and exit."),
     seed: int = options.seed("DARE's random drops and the randomized SVD"),
     force: bool = options.force(),
@@ -54,9 +68,18 @@ def merge(
     from loramix.merge.job import MergeRequest, run_merge
 
     req = MergeRequest(
-        adapters=list(adapters or []), method=method.value, out=out, weights=_parse_weights(weights),
-        density=density, majority_sign=majority_sign.value if majority_sign else None, rank=rank,
-        profile=profile.value, into_base=into_base, seed=seed, force=force, cat_weights=cat_weights,
+        adapters=list(adapters or []),
+        method=method.value,
+        out=out,
+        weights=_parse_weights(weights),
+        density=density,
+        majority_sign=majority_sign.value if majority_sign else None,
+        rank=rank,
+        profile=profile.value,
+        into_base=into_base,
+        seed=seed,
+        force=force,
+        cat_weights=cat_weights,
     )
     if cat_weights is not None:
         from loramix.soup.rebuild import rebuild

@@ -28,9 +28,12 @@ def seed(purpose: str) -> Any:
 
 
 def threads() -> Any:
-    return typer.Option(None, "--threads", show_default=False,
-                        help="CPU threads for torch [default: one per core; use 1 when other processes keep the "
-                             "CPU busy, see README].")
+    return typer.Option(
+        None,
+        "--threads",
+        show_default=False,
+        help="CPU threads for torch [default: one per core; use 1 when other processes keep the CPU busy, see README].",
+    )
 
 
 def _device(value: Optional[str]) -> Optional[str]:
@@ -44,8 +47,12 @@ def device() -> Any:
 
 
 def dtype() -> Any:
-    return typer.Option("auto", "--dtype", case_sensitive=False,
-                        help="Weights' dtype [auto: float32 on a CPU, bfloat16 on a GPU that has it, else float16].")
+    return typer.Option(
+        "auto",
+        "--dtype",
+        case_sensitive=False,
+        help="Weights' dtype [auto: float32 on a CPU, bfloat16 on a GPU that has it, else float16].",
+    )
 
 
 def load_in_4bit() -> Any:
@@ -57,8 +64,12 @@ def base(default: Optional[str] = None, help: str = "Base model [default: the on
 
 
 def profile() -> Any:
-    return typer.Option("peft", "--profile", case_sensitive=False,
-                        help="peft (ranks per module) or portable (uniform rank, alpha == r, for vLLM and llama.cpp).")
+    return typer.Option(
+        "peft",
+        "--profile",
+        case_sensitive=False,
+        help="peft (ranks per module) or portable (uniform rank, alpha == r, for vLLM and llama.cpp).",
+    )
 
 
 def rank(help: str) -> Any:

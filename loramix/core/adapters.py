@@ -106,7 +106,7 @@ class Adapter:
         return digest.hexdigest()
 
 
-def pattern_value(patterns: dict, module: str, default):
+def pattern_value(patterns: dict | None, module: str, default):
     """PEFT's rank_pattern/alpha_pattern lookup: the first key that matches the end of the name."""
     for key, value in (patterns or {}).items():
         if re.match(rf"(.*\.)?({key})$", module):
@@ -164,7 +164,9 @@ def _check_config(cfg_path: Path, config: dict) -> None:
         init = any("init_lora_weights" in part for part in refused)
         raise AdapterError(
             f"{cfg_path}: cannot be merged exactly: {'; '.join(refused)}",
-            hint=_INIT_HINT if init else "loramix never drops parts of an adapter silently; retrain or strip them first",
+            hint=_INIT_HINT
+            if init
+            else "loramix never drops parts of an adapter silently; retrain or strip them first",
         )
     if not str(config.get("base_model_name_or_path") or "").strip():
         raise AdapterError(
@@ -258,7 +260,9 @@ def _refuse_unmergeable_keys(weights: Path, tensors: dict) -> None:
         if key.endswith(".bias") and "lora_" in key:
             found.setdefault("LoRA biases", []).append(key)
     if found:
-        parts = [f"{what} ({keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''})" for what, keys in found.items()]
+        parts = [
+            f"{what} ({keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''})" for what, keys in found.items()
+        ]
         raise AdapterError(
             f"{weights}: cannot be merged exactly: {'; '.join(parts)}",
             hint="loramix never drops parts of an adapter silently; retrain or strip them first",
@@ -278,9 +282,7 @@ def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraMod
         )
     expected = pattern_value(config.get("rank_pattern"), name, config.get("r", A.shape[0]))
     if int(expected) != A.shape[0]:
-        raise AdapterError(
-            f"{weights}: module {name} has rank {A.shape[0]} but {CONFIG_NAME} says r={expected}"
-        )
+        raise AdapterError(f"{weights}: module {name} has rank {A.shape[0]} but {CONFIG_NAME} says r={expected}")
     for part, t in (("lora_A", A), ("lora_B", B)):
         _refuse_non_finite(weights, f"module {name} {part}", t)
     return LoraModule(A=A, B=B, scale=module_scale(config, name, A.shape[0]))
@@ -306,8 +308,7 @@ def check_compatible(adapters: list[Adapter]) -> None:
     for a in adapters:
         if _norm_base(a.base) != _norm_base(first.base):
             raise AdapterError(
-                f"adapters for different bases: {first.path} was trained on {first.base!r}, "
-                f"{a.path} on {a.base!r}"
+                f"adapters for different bases: {first.path} was trained on {first.base!r}, {a.path} on {a.base!r}"
             )
         if bool(a.config.get("fan_in_fan_out")) != bool(first.config.get("fan_in_fan_out")):
             raise AdapterError(f"{first.path} and {a.path} disagree on fan_in_fan_out")

@@ -47,8 +47,9 @@ def load(folder: Path) -> tuple[dict, dict, dict]:
         weights = load_file(str(folder / "weights.safetensors"))
         flat = load_file(str(folder / "optimizer.safetensors"))
     except Exception as e:
-        raise InputError(f"{folder}: the checkpoint is damaged ({type(e).__name__}: {e})",
-                         hint="delete it and start afresh")
+        raise InputError(
+            f"{folder}: the checkpoint is damaged ({type(e).__name__}: {e})", hint="delete it and start afresh"
+        )
     per_param: dict[int, dict] = {}
     for key, value in flat.items():
         index, name = key.split(".", 1)

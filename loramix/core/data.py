@@ -45,7 +45,7 @@ def load(source: str, limit: int | None = None) -> Dataset:
 def _builtin(source: str, limit: int | None) -> list[dict]:
     from loramix.zoo.skills import SKILLS, SPLITS, rows
 
-    name, _, split = source[len(BUILTIN):].partition(":")
+    name, _, split = source[len(BUILTIN) :].partition(":")
     split = split or "train"
     if name not in SKILLS:
         raise InputError(f"{source}: no built-in skill {name!r}", hint=f"built-in skills: {', '.join(SKILLS)}")
@@ -73,7 +73,9 @@ def _jsonl(path: Path, limit: int | None) -> list[dict]:
             if limit is not None and len(rows) >= limit:
                 break
     if not rows:
-        raise InputError(f"{path}: no rows", hint="one JSON object per line: {\"prompt\", \"completion\"}, {\"text\"} or {\"messages\"}")
+        raise InputError(
+            f"{path}: no rows", hint='one JSON object per line: {"prompt", "completion"}, {"text"} or {"messages"}'
+        )
     return rows
 
 
@@ -97,16 +99,16 @@ def check_row(row: dict, where: str) -> dict:
     formats = [k for k in ("prompt", "text", "messages") if k in row]
     if len(formats) != 1:
         found = ", ".join(sorted(row)) or "no fields"
-        raise InputError(f"{where}: needs exactly one of \"prompt\"+\"completion\", \"text\" or \"messages\" (found {found})")
+        raise InputError(f'{where}: needs exactly one of "prompt"+"completion", "text" or "messages" (found {found})')
     if "prompt" in row and "completion" not in row:
-        raise InputError(f"{where}: has \"prompt\" but no \"completion\"")
+        raise InputError(f'{where}: has "prompt" but no "completion"')
     if "completion" in row and "prompt" not in row:
-        raise InputError(f"{where}: has \"completion\" but no \"prompt\"")
+        raise InputError(f'{where}: has "completion" but no "prompt"')
     for field in ("prompt", "completion", "text"):
         if field in row and not isinstance(row[field], str):
-            raise InputError(f"{where}: \"{field}\" must be a string")
+            raise InputError(f'{where}: "{field}" must be a string')
     if "text" in row and not row["text"].strip():
-        raise InputError(f"{where}: \"text\" is empty")
+        raise InputError(f'{where}: "text" is empty')
     if "messages" in row:
         _check_messages(row["messages"], where)
     return row
@@ -114,10 +116,10 @@ def check_row(row: dict, where: str) -> dict:
 
 def _check_messages(messages, where: str) -> None:
     if not isinstance(messages, list) or not messages:
-        raise InputError(f"{where}: \"messages\" must be a non-empty list")
+        raise InputError(f'{where}: "messages" must be a non-empty list')
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise InputError(f"{where}: messages[{i}] needs string \"role\" and \"content\"")
+            raise InputError(f'{where}: messages[{i}] needs string "role" and "content"')
 
 
 def tokenize(row: dict, tokenizer, max_length: int) -> tuple[list[int], list[int]]:
@@ -142,19 +144,23 @@ def split_tokens(tokenizer, prompt: str, completion: str) -> tuple[list[int], li
     prompt_ids = tokenizer(prompt).input_ids
     whole = tokenizer(prompt + completion).input_ids
     if whole[: len(prompt_ids)] == prompt_ids:
-        return prompt_ids, whole[len(prompt_ids):]
+        return prompt_ids, whole[len(prompt_ids) :]
     return prompt_ids, tokenizer(completion, add_special_tokens=False).input_ids
 
 
 def _chat(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
     if not getattr(tokenizer, "chat_template", None):
-        raise InputError("a \"messages\" row needs a tokenizer with a chat template; this base has none",
-                         hint="use {\"prompt\", \"completion\"} rows, or a base model with a chat template")
+        raise InputError(
+            'a "messages" row needs a tokenizer with a chat template; this base has none',
+            hint='use {"prompt", "completion"} rows, or a base model with a chat template',
+        )
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = list(out["input_ids"]), out.get("assistant_masks")
     if not mask or not any(mask):  # the template cannot mark assistant turns: learn all of it
-        _warn_once("the chat template does not mark assistant turns ({% generation %}); "
-                   "\"messages\" rows are trained on every token, prompts included")
+        _warn_once(
+            "the chat template does not mark assistant turns ({% generation %}); "
+            '"messages" rows are trained on every token, prompts included'
+        )
         return ids, list(ids)
     return ids, [t if m else IGNORE for t, m in zip(ids, mask)]
 
@@ -206,11 +212,15 @@ def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> li
     examples = tokenize_rows(rows, tokenizer, max_length, label)
     kept = [e for e in examples if has_loss(e)]
     if not kept:
-        raise InputError(f"{label}: no row has a completion token within --max-length {max_length}",
-                         hint="raise --max-length or shorten the prompts")
+        raise InputError(
+            f"{label}: no row has a completion token within --max-length {max_length}",
+            hint="raise --max-length or shorten the prompts",
+        )
     if len(kept) < len(examples):
-        log.warn(f"{len(examples) - len(kept)} of {len(examples)} rows have no completion token within "
-                       f"--max-length {max_length} and are skipped")
+        log.warn(
+            f"{len(examples) - len(kept)} of {len(examples)} rows have no completion token within "
+            f"--max-length {max_length} and are skipped"
+        )
     return kept
 
 

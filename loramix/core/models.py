@@ -143,14 +143,20 @@ def check_4bit(device: str) -> None:
     try:
         importlib.import_module("bitsandbytes")
     except Exception as e:  # an ImportError, or a broken native library
-        raise LoramixError(f"--load-in-4bit: bitsandbytes cannot be loaded here ({type(e).__name__}: {e})",
-                           hint="install bitsandbytes>=0.46, or train without --load-in-4bit", exit_code=2)
+        raise LoramixError(
+            f"--load-in-4bit: bitsandbytes cannot be loaded here ({type(e).__name__}: {e})",
+            hint="install bitsandbytes>=0.46, or train without --load-in-4bit",
+            exit_code=2,
+        )
     from importlib.metadata import version
 
     major, minor = (int(x) for x in version("bitsandbytes").split(".")[:2])
     if device == "cpu" and (major, minor) < (0, 46):
-        raise LoramixError(f"--load-in-4bit on a CPU needs bitsandbytes>=0.46 (found {version('bitsandbytes')})",
-                           hint="upgrade bitsandbytes, or train without --load-in-4bit", exit_code=2)
+        raise LoramixError(
+            f"--load-in-4bit on a CPU needs bitsandbytes>=0.46 (found {version('bitsandbytes')})",
+            hint="upgrade bitsandbytes, or train without --load-in-4bit",
+            exit_code=2,
+        )
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):
@@ -173,18 +179,23 @@ def load_model(path: Path, dtype, device: str, load_in_4bit: bool = False, trust
     if load_in_4bit:
         check_4bit(device)
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
         kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ValueError as e:
         if "trust_remote_code" in str(e):
-            raise InputError(f"{path}: this model needs its own code to load",
-                             hint="pass --trust-remote-code if you trust the code in that folder")
+            raise InputError(
+                f"{path}: this model needs its own code to load",
+                hint="pass --trust-remote-code if you trust the code in that folder",
+            )
         raise InputError(f"{path}: cannot be loaded as a causal language model ({e})")
     except OSError:
         if not list(Path(path).glob("*.safetensors")):
-            raise InputError(f"{path}: has no safetensors weights (loramix never loads pickled .bin files)",
-                             hint="convert the weights to safetensors first")
+            raise InputError(
+                f"{path}: has no safetensors weights (loramix never loads pickled .bin files)",
+                hint="convert the weights to safetensors first",
+            )
         raise
-    return model if load_in_4bit else model.to(device)
+    return model if load_in_4bit else model.to(device)  # type: ignore[arg-type]  # transformers' to() is typed for dtypes only

@@ -32,5 +32,5 @@ def parse(name: str) -> ModulePath:
     parts = name.split(".")
     for i, part in enumerate(parts[:-1]):
         if part.isdigit():
-            return ModulePath(name, ".".join(parts[:i]), int(part), ".".join(parts[i + 1:]))
+            return ModulePath(name, ".".join(parts[:i]), int(part), ".".join(parts[i + 1 :]))
     return ModulePath(name, "", None, name)

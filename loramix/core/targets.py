@@ -39,16 +39,22 @@ def resolve_targets(model, targets: list[str] | None, rank: int) -> list[str]:
         raise InputError("--targets names no module", hint=f"modules that exist: {','.join(available)}")
     excluded = [t for t in chosen if t.split(".")[-1] in SKIP]
     if excluded:
-        raise InputError(f"--targets {','.join(excluded)}: embeddings and the output head are not LoRA targets here",
-                         hint=f"choose among {','.join(available)}")
+        raise InputError(
+            f"--targets {','.join(excluded)}: embeddings and the output head are not LoRA targets here",
+            hint=f"choose among {','.join(available)}",
+        )
     missing = [t for t in chosen if not any(_matches(name, t) for name in modules)]
     if missing:
-        raise InputError(f"--targets {','.join(missing)}: no such module in the base model",
-                         hint=f"modules that exist: {','.join(available)}")
+        raise InputError(
+            f"--targets {','.join(missing)}: no such module in the base model",
+            hint=f"modules that exist: {','.join(available)}",
+        )
     for name, (fan_in, fan_out) in modules.items():
         if any(_matches(name, t) for t in chosen) and rank > min(fan_in, fan_out):
-            raise InputError(f"--rank {rank}: larger than {name} ({fan_out}x{fan_in}) allows",
-                             hint=f"use --rank {min(fan_in, fan_out)} or less")
+            raise InputError(
+                f"--rank {rank}: larger than {name} ({fan_out}x{fan_in}) allows",
+                hint=f"use --rank {min(fan_in, fan_out)} or less",
+            )
     return chosen
 
 
@@ -65,5 +71,6 @@ def check_adapter_shapes(model, adapters) -> None:
             if name not in shapes:
                 raise InputError(f"{a.path}: targets {name}, which is not a linear module of the base model")
             if shapes[name] != m.shape:
-                raise InputError(f"{a.path}: {name} is {m.shape[0]}x{m.shape[1]}, the base's is "
-                                 f"{shapes[name][0]}x{shapes[name][1]}")
+                raise InputError(
+                    f"{a.path}: {name} is {m.shape[0]}x{m.shape[1]}, the base's is {shapes[name][0]}x{shapes[name][1]}"
+                )

@@ -13,16 +13,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SKILLS = ("math", "code")
 COMPOSITE = "math-code"
 METRICS = {COMPOSITE: "program", "math": "exact", "code": "exact"}
 # table name: (folder, merge method, weights)
-MERGES = {"linear .5/.5": ("linear", "linear", "0.5,0.5"), "cat .5/.5": ("cat-half", "cat", "0.5,0.5"),
-          "cat 1/1": ("cat-one", "cat", "1,1"), "ties": ("ties", "ties", "1,1"),
-          "dare_ties": ("dare-ties", "dare_ties", "1,1")}
+MERGES = {
+    "linear .5/.5": ("linear", "linear", "0.5,0.5"),
+    "cat .5/.5": ("cat-half", "cat", "0.5,0.5"),
+    "cat 1/1": ("cat-one", "cat", "1,1"),
+    "ties": ("ties", "ties", "1,1"),
+    "dare_ties": ("dare-ties", "dare_ties", "1,1"),
+}
 # CAT's settings: α per layer from 0.5 (the average of two skills), lr 0.1 (bench/results/compose.md)
-CAT_OPTIONS = {"fraction": 0.05, "init": 0.5, "lr": 0.1}
+CAT_OPTIONS: dict[str, Any] = {"fraction": 0.05, "init": 0.5, "lr": 0.1}
 BUDGETS = {"full": {"rows": 3000, "eval": 200}, "quick": {"rows": 400, "eval": 40}}
 
 
@@ -45,8 +50,9 @@ class DemoConfig:
 
 def models_in_order() -> list[tuple[str, str | None]]:
     """(name in the table, folder under --out; None for the base)."""
-    return ([("base", None)] + [(s, s) for s in SKILLS] + [("data mix", "mix"), ("CAT", "cat")]
-            + [(name, folder) for name, (folder, _, _) in MERGES.items()])
+    rows: list[tuple[str, str | None]] = [("base", None)]
+    rows += [(s, s) for s in SKILLS] + [("data mix", "mix"), ("CAT", "cat")]
+    return rows + [(name, folder) for name, (folder, _, _) in MERGES.items()]
 
 
 def commands(c: DemoConfig, mix_steps: int) -> list[str]:
@@ -80,8 +86,14 @@ def table(evals: dict[str, dict]) -> dict:
     gain = {key: comp[key] - comp["base"] for key in comp}
     singles = sum(max(0.0, gain[s]) for s in SKILLS)  # a skill that hurts alone adds nothing to beat
     best = max(rows, key=lambda r: r[COMPOSITE])
-    return {"rows": rows, "composite": COMPOSITE, "cat_gain": gain["cat"], "single_gains": {s: gain[s] for s in SKILLS},
-            "super_linear": gain["cat"] > 0 and gain["cat"] > singles, "best_composite": best["model"]}
+    return {
+        "rows": rows,
+        "composite": COMPOSITE,
+        "cat_gain": gain["cat"],
+        "single_gains": {s: gain[s] for s in SKILLS},
+        "super_linear": gain["cat"] > 0 and gain["cat"] > singles,
+        "best_composite": best["model"],
+    }
 
 
 def write_mix(c: DemoConfig) -> Path:

@@ -29,18 +29,38 @@ def run_demo(c: DemoConfig, train_progress, item_progress) -> dict:
         seconds[name] = round(time.perf_counter() - t, 1)
         return result
 
-    logs = [step(f"train the {s} skill LoRA", train_skill, c, f"builtin:{s}", c.out / s, train_progress) for s in SKILLS]
+    logs = [
+        step(f"train the {s} skill LoRA", train_skill, c, f"builtin:{s}", c.out / s, train_progress) for s in SKILLS
+    ]
     mix_steps = logs[0].steps  # the same steps budget as a skill LoRA
-    step("train the data-mix LoRA (both skills' rows)", train_skill, c, str(plan.write_mix(c)), c.out / "mix",
-         train_progress, mix_steps)
+    step(
+        "train the data-mix LoRA (both skills' rows)",
+        train_skill,
+        c,
+        str(plan.write_mix(c)),
+        c.out / "mix",
+        train_progress,
+        mix_steps,
+    )
     step("fit CAT (α per layer, 5% of each skill's data)", fit, c, train_progress)
     for name, (folder, method, weights) in MERGES.items():
         step(f"merge {name}", merge, c, folder, method, weights)
-    evals = {task: step(f"score {task} ({metric})", score, c, task, metric, item_progress)
-             for task, metric in METRICS.items()}
-    doc = {"out": str(c.out), "quick": c.quick, "seed": c.seed, "budget": c.budget, "cat_options": CAT_OPTIONS,
-           **plan.table(evals), "seconds": seconds, "total_seconds": round(time.perf_counter() - began, 1),
-           "mix_steps": mix_steps, "commands": plan.commands(c, mix_steps)}
+    evals = {
+        task: step(f"score {task} ({metric})", score, c, task, metric, item_progress)
+        for task, metric in METRICS.items()
+    }
+    doc = {
+        "out": str(c.out),
+        "quick": c.quick,
+        "seed": c.seed,
+        "budget": c.budget,
+        "cat_options": CAT_OPTIONS,
+        **plan.table(evals),
+        "seconds": seconds,
+        "total_seconds": round(time.perf_counter() - began, 1),
+        "mix_steps": mix_steps,
+        "commands": plan.commands(c, mix_steps),
+    }
     plan.save_json(c.out / "demo.json", doc)
     return doc
 
@@ -56,16 +76,27 @@ def train_skill(c: DemoConfig, data: str, out: Path, progress, max_steps: int | 
 def fit(c: DemoConfig, progress) -> FitReport:
     from loramix.soup.fit import CatConfig, run_fit
 
-    config = CatConfig(adapters=[c.out / s for s in SKILLS], data=[f"builtin:{s}" for s in SKILLS],
-                       out=c.out / "cat", seed=c.seed, threads=c.threads, **CAT_OPTIONS)
+    config = CatConfig(
+        adapters=[c.out / s for s in SKILLS],
+        data=[f"builtin:{s}" for s in SKILLS],
+        out=c.out / "cat",
+        seed=c.seed,
+        threads=c.threads,
+        **CAT_OPTIONS,
+    )
     return run_fit(config, lambda total: progress("fit-cat", total))
 
 
 def merge(c: DemoConfig, folder: str, method: str, weights: str) -> MergeReport:
     from loramix.merge.job import MergeRequest, run_merge
 
-    request = MergeRequest(adapters=[c.out / s for s in SKILLS], method=method, out=c.out / folder,
-                           weights=[float(w) for w in weights.split(",")], seed=c.seed)
+    request = MergeRequest(
+        adapters=[c.out / s for s in SKILLS],
+        method=method,
+        out=c.out / folder,
+        weights=[float(w) for w in weights.split(",")],
+        seed=c.seed,
+    )
     return run_merge(request)
 
 
@@ -73,9 +104,16 @@ def score(c: DemoConfig, task: str, metric: str, progress) -> dict:
     from loramix.evaluate.job import EvalConfig, run_eval
 
     adapters = [c.out / folder for _, folder in plan.models_in_order() if folder]
-    config = EvalConfig(data=f"builtin:{task}", adapters=adapters, metric=metric, limit=c.budget["eval"],
-                        max_new_tokens=24, batch_size=64, seed=c.seed, threads=c.threads)
+    config = EvalConfig(
+        data=f"builtin:{task}",
+        adapters=adapters,
+        metric=metric,
+        limit=c.budget["eval"],
+        max_new_tokens=24,
+        batch_size=64,
+        seed=c.seed,
+        threads=c.threads,
+    )
     doc = run_eval(config, progress).to_json()
     plan.save_json(c.out / f"eval-{task}.json", doc)
     return doc
-

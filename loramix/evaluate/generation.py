@@ -7,8 +7,8 @@ generating it alone (tests/test_generation.py checks this on the bundled model).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass
@@ -17,7 +17,9 @@ class Generated:
     tokens: int  # tokens generated for it (up to the end-of-sequence token or the stop)
 
 
-def prompt_ids(rows: list[dict], tokenizer, prefix: str = "", chat: bool = False, label: str = "data") -> list[list[int]]:
+def prompt_ids(
+    rows: list[dict], tokenizer, prefix: str = "", chat: bool = False, label: str = "data"
+) -> list[list[int]]:
     """Token ids of each row's prompt as the model sees it: `prefix` (few-shot examples) + prompt,
     through the chat template when `chat` is set or the row is a "messages" row."""
     from loramix.core.errors import InputError
@@ -45,21 +47,30 @@ def _chat_ids(tokenizer, messages: list[dict], prefix: str) -> list[int]:
     """The conversation through the chat template, `prefix` leading the first user message."""
     if prefix:
         at = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
-        messages = messages[:at] + [dict(messages[at], content=prefix + messages[at]["content"])] + messages[at + 1:]
+        messages = messages[:at] + [dict(messages[at], content=prefix + messages[at]["content"])] + messages[at + 1 :]
     out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
     return list(out["input_ids"])
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, batch_size: int = 32,
-             stops: tuple[str, ...] = (), on_batch: Callable[[int], None] = lambda n: None) -> list[Generated]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    stops: tuple[str, ...] = (),
+    on_batch: Callable[[int], None] = lambda n: None,
+) -> list[Generated]:
     """Greedy completions of token-id prompts in left-padded batches; each stops at the
     end-of-sequence token or the first of `stops` (and is cut before it)."""
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list[Generated | None] = [None] * len(prompts)
     criteria = stop_criteria(tokenizer, stops)
     for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
-        for i, gen in zip(chunk, _batch(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, stops, criteria)):
+        chunk = order[start : start + batch_size]
+        for i, gen in zip(
+            chunk, _batch(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, stops, criteria)
+        ):
             results[i] = gen
         on_batch(len(chunk))
     return results  # type: ignore[return-value]
@@ -74,8 +85,9 @@ def stop_criteria(tokenizer, stops: tuple[str, ...]):
     return StoppingCriteriaList([StopStringCriteria(tokenizer, list(stops))])
 
 
-def _batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stops: tuple[str, ...],
-           criteria) -> list[Generated]:
+def _batch(
+    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stops: tuple[str, ...], criteria
+) -> list[Generated]:
     import torch
 
     device = next(model.parameters()).device
@@ -86,8 +98,15 @@ def _batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop
     extra = {"stopping_criteria": criteria} if criteria is not None else {}
     eos = end_tokens(model, tokenizer)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad, eos_token_id=eos, **extra)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            **extra,
+        )
     return [_cut(row.tolist(), tokenizer, stops, set(eos) | {pad}) for row in out[:, width:]]
 
 
@@ -102,8 +121,8 @@ def end_tokens(model, tokenizer) -> list[int]:
 def _cut(new: list[int], tokenizer, stops: tuple[str, ...], ends: set[int]) -> Generated:
     """One row's new tokens up to an end token (or the padding generate() adds once a stop string
     ends the row), as text cut before the first stop string."""
-    ends = [new.index(t) for t in ends if t in new]
-    new = new[: min(ends, default=len(new))]
+    first_end = min((new.index(t) for t in ends if t in new), default=len(new))
+    new = new[:first_end]
     text = tokenizer.decode(new, skip_special_tokens=True)
     cut = min((text.find(s) for s in stops if s in text), default=len(text))
     return Generated(text[:cut], len(new))

@@ -12,9 +12,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramix.evaluate import generation
-from loramix.evaluate import metrics
 from loramix.core.errors import InputError
+from loramix.evaluate import generation, metrics
 from loramix.evaluate.report import EvalReport, EvalSettings, ModelScore
 
 
@@ -50,8 +49,12 @@ def check_options(c: EvalConfig) -> None:
         raise InputError(f"--metric {c.metric}: unknown", hint=f"choose one of {', '.join(metrics.METRICS)}")
     if not c.adapters and not c.with_base:
         raise InputError("nothing to score: --no-base and no --adapter")
-    for name, value in (("--batch-size", c.batch_size), ("--max-new-tokens", c.max_new_tokens),
-                        ("--limit", c.limit), ("--max-length", c.max_length)):
+    for name, value in (
+        ("--batch-size", c.batch_size),
+        ("--max-new-tokens", c.max_new_tokens),
+        ("--limit", c.limit),
+        ("--max-length", c.max_length),
+    ):
         if value is not None and value < 1:
             raise InputError(f"{name} {value}: must be at least 1")
     if not (c.tolerance >= 0 and math.isfinite(c.tolerance)):
@@ -64,7 +67,9 @@ def check_options(c: EvalConfig) -> None:
             raise InputError(f"{p}: given twice as --adapter")
         seen.add(Path(p).resolve())
     if c.metric == "loss" and (c.few_shot or c.chat_template):
-        raise InputError("--few-shot and --chat-template shape generated prompts; --metric loss scores the rows as they are")
+        raise InputError(
+            "--few-shot and --chat-template shape generated prompts; --metric loss scores the rows as they are"
+        )
     if c.predictions is not None:
         check_file(c.predictions, c.force, "--predictions")
 
@@ -84,12 +89,14 @@ def load_rows(c: EvalConfig):
     for i, row in enumerate(dataset.rows, 1):
         where = f"{dataset.source}: row {i}"
         if c.metric != "loss" and "text" in row:
-            raise InputError(f"{where}: has only \"text\"; --metric {c.metric} needs prompts",
-                             hint="use --metric loss, or {\"prompt\", \"completion\"} rows")
+            raise InputError(
+                f'{where}: has only "text"; --metric {c.metric} needs prompts',
+                hint='use --metric loss, or {"prompt", "completion"} rows',
+            )
         if c.metric != "loss" and "messages" in row and row["messages"][-1]["role"] != "assistant":
             raise InputError(f"{where}: its messages do not end with the assistant turn to compare with")
         if c.metric == "numeric" and "answer" not in row and metrics.last_number(reference(row)) is None:
-            raise InputError(f"{where}: has no \"answer\" and no number in its completion")
+            raise InputError(f'{where}: has no "answer" and no number in its completion')
     return dataset
 
 
@@ -119,7 +126,7 @@ def few_shot_prefix(path: Path | None) -> str:
             raise InputError(f"{path}: not UTF-8 text")
     rows = data.load(str(path)).rows
     if any("prompt" not in r for r in rows):
-        raise InputError(f"{path}: few-shot rows need \"prompt\" and \"completion\"")
+        raise InputError(f'{path}: few-shot rows need "prompt" and "completion"')
     return "".join(r["prompt"] + r["completion"] + "\n\n" for r in rows)
 
 
@@ -134,7 +141,7 @@ def expected_values(c: EvalConfig, rows: list[dict], run_programs, source: str) 
     missing = [i for i, r in enumerate(rows) if "answer" not in r]
     for i, result in zip(missing, run_programs([metrics.program_text(reference(rows[i])) for i in missing])):
         if not result.ok:
-            raise InputError(f"{source}: row {i + 1}: has no \"answer\" and its reference program fails ({result.error})")
+            raise InputError(f'{source}: row {i + 1}: has no "answer" and its reference program fails ({result.error})')
         expected[i] = result.output.strip()
     return expected
 
@@ -180,8 +187,10 @@ def run_eval(c: EvalConfig, progress) -> EvalReport:
             if c.metric == "loss":
                 result, items = score.score_loss(ms, inputs, dataset.rows, c, advance)
             else:
-                result, items = score.score_generation(ms, inputs, dataset.rows, expected, stops, c, run_programs(c),
-                                                       advance)
+                assert expected is not None
+                result, items = score.score_generation(
+                    ms, inputs, dataset.rows, expected, stops, c, run_programs(c), advance
+                )
         result.name, result.adapter = name, None if adapter is None else str(Path(adapter).resolve())
         records += [dict(model=name, index=i, **item) for i, item in enumerate(items)]
         results.append(result)
@@ -220,24 +229,45 @@ def model_inputs(c: EvalConfig, dataset, tokenizer, prefix: str) -> list:
 
     chat = c.chat_template or any("messages" in r for r in dataset.rows)
     if chat and not getattr(tokenizer, "chat_template", None):
-        what = "--chat-template" if c.chat_template else f"{dataset.source}: \"messages\" rows"
-        raise InputError(f"{what}: the base's tokenizer has no chat template",
-                         hint="use {\"prompt\", \"completion\"} rows without --chat-template")
+        what = "--chat-template" if c.chat_template else f'{dataset.source}: "messages" rows'
+        raise InputError(
+            f"{what}: the base's tokenizer has no chat template",
+            hint='use {"prompt", "completion"} rows without --chat-template',
+        )
     if c.metric != "loss":
         return generation.prompt_ids(dataset.rows, tokenizer, prefix, c.chat_template, dataset.source)
     examples = data.tokenize_rows(dataset.rows, tokenizer, c.max_length, dataset.source)
     if not any(data.has_loss(e) for e in examples):
-        raise InputError(f"{dataset.source}: no row has a completion token within --max-length {c.max_length}",
-                         hint="raise --max-length or shorten the prompts")
+        raise InputError(
+            f"{dataset.source}: no row has a completion token within --max-length {c.max_length}",
+            hint="raise --max-length or shorten the prompts",
+        )
     return examples
 
 
 def report(c: EvalConfig, dataset, ms, stops: list[str], prefix: str, results: list[ModelScore]) -> EvalReport:
     from loramix import __version__
 
-    settings = EvalSettings(max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, stop=stops,
-                            few_shot=str(c.few_shot) if c.few_shot else None, few_shot_chars=len(prefix),
-                            chat_template=c.chat_template, tolerance=c.tolerance, timeout=c.timeout,
-                            max_length=c.max_length, limit=c.limit, seed=c.seed)
-    return EvalReport(version=__version__, data=dataset.source, sha256=dataset.digest, items=len(dataset.rows),
-                      metric=c.metric, setup=ms.setup, settings=settings, models=results)
+    settings = EvalSettings(
+        max_new_tokens=c.max_new_tokens,
+        batch_size=c.batch_size,
+        stop=stops,
+        few_shot=str(c.few_shot) if c.few_shot else None,
+        few_shot_chars=len(prefix),
+        chat_template=c.chat_template,
+        tolerance=c.tolerance,
+        timeout=c.timeout,
+        max_length=c.max_length,
+        limit=c.limit,
+        seed=c.seed,
+    )
+    return EvalReport(
+        version=__version__,
+        data=dataset.source,
+        sha256=dataset.digest,
+        items=len(dataset.rows),
+        metric=c.metric,
+        setup=ms.setup,
+        settings=settings,
+        models=results,
+    )

@@ -16,7 +16,6 @@ import re
 from enum import Enum
 
 
-
 class Metric(str, Enum):
     exact = "exact"
     numeric = "numeric"

@@ -3,10 +3,11 @@ in place (the base row runs with every adapter disabled)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from loramix.evaluate.report import EvalSetup
 
@@ -57,8 +58,13 @@ def load_models(c, adapters: list, base: str, path: Path, tokenizer, names: list
         for i, a in enumerate(adapters[1:], 1):
             model.load_adapter(str(a.path), adapter_name=f"a{i}")
     inference_mode(model, c.load_in_4bit)
-    setup = EvalSetup(base=models.base_record(base), device=device, dtype=str(dtype).removeprefix("torch."),
-                      threads=threads, load_in_4bit=c.load_in_4bit)
+    setup = EvalSetup(
+        base=models.base_record(base),
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        threads=threads,
+        load_in_4bit=c.load_in_4bit,
+    )
     return ModelSet(model, tokenizer, setup, names, list(c.adapters), c.with_base)
 
 
@@ -75,5 +81,3 @@ def inference_mode(model, load_in_4bit: bool) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.eval()
-
-

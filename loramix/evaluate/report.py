@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -18,13 +18,13 @@ class ModelScore:
     items_scored: int
     tokens: int
     seconds: float  # unrounded; the document rounds it to milliseconds
-    correct: Optional[int] = None  # generation metrics
-    perplexity: Optional[float] = None  # the loss metric
+    correct: int | None = None  # generation metrics
+    perplexity: float | None = None  # the loss metric
     name: str = ""
-    adapter: Optional[str] = None  # its folder, None for the base
+    adapter: str | None = None  # its folder, None for the base
 
     @property
-    def tokens_per_second(self) -> Optional[float]:
+    def tokens_per_second(self) -> float | None:
         return round(self.tokens / self.seconds, 1) if self.seconds else None
 
     def to_json(self) -> dict[str, Any]:
@@ -34,8 +34,12 @@ class ModelScore:
         doc["ci"] = list(self.ci)
         if self.correct is not None:
             doc["correct"] = self.correct
-        doc.update(items_scored=self.items_scored, tokens=self.tokens, seconds=round(self.seconds, 3),
-                   tokens_per_second=self.tokens_per_second)
+        doc.update(
+            items_scored=self.items_scored,
+            tokens=self.tokens,
+            seconds=round(self.seconds, 3),
+            tokens_per_second=self.tokens_per_second,
+        )
         return doc
 
 
@@ -53,13 +57,13 @@ class EvalSettings:
     max_new_tokens: int
     batch_size: int
     stop: list[str]
-    few_shot: Optional[str]
+    few_shot: str | None
     few_shot_chars: int
     chat_template: bool
     tolerance: float
     timeout: float
     max_length: int
-    limit: Optional[int]
+    limit: int | None
     seed: int
 
 
@@ -75,6 +79,14 @@ class EvalReport:
     models: list[ModelScore]
 
     def to_json(self) -> dict[str, Any]:
-        return {"loramix": self.version, "command": "eval", "data": self.data, "sha256": self.sha256,
-                "items": self.items, "metric": self.metric, **asdict(self.setup), "settings": asdict(self.settings),
-                "models": [m.to_json() for m in self.models]}
+        return {
+            "loramix": self.version,
+            "command": "eval",
+            "data": self.data,
+            "sha256": self.sha256,
+            "items": self.items,
+            "metric": self.metric,
+            **asdict(self.setup),
+            "settings": asdict(self.settings),
+            "models": [m.to_json() for m in self.models],
+        }

@@ -13,12 +13,19 @@ from loramix.evaluate.report import ModelScore
 
 def _summary(scores: list[bool], tokens: int, seconds: float) -> ModelScore:
     n, correct = len(scores), sum(scores)
-    return ModelScore(score=correct / n if n else 0.0, ci=metrics.wilson(correct, n), items_scored=n, tokens=tokens,
-                      seconds=seconds, correct=correct)
+    return ModelScore(
+        score=correct / n if n else 0.0,
+        ci=metrics.wilson(correct, n),
+        items_scored=n,
+        tokens=tokens,
+        seconds=seconds,
+        correct=correct,
+    )
 
 
-def score_generation(ms: ModelSet, prompts: list[list[int]], rows: list[dict], expected: list, stops: list[str],
-                     c, run_programs, advance) -> tuple[ModelScore, list[dict]]:
+def score_generation(
+    ms: ModelSet, prompts: list[list[int]], rows: list[dict], expected: list, stops: list[str], c, run_programs, advance
+) -> tuple[ModelScore, list[dict]]:
     """Generate a completion per item, score it, and summarise (score, 95% Wilson interval, tok/s)."""
     began = time.perf_counter()
     outs = generation.generate(ms.model, ms.tokenizer, prompts, c.max_new_tokens, c.batch_size, tuple(stops), advance)
@@ -33,8 +40,10 @@ def score_generation(ms: ModelSet, prompts: list[list[int]], rows: list[dict], e
         ran = run_programs([metrics.program_text(t) for t in texts])
         scores = [r.ok and metrics.same_answer(r.output, e, c.tolerance) for r, e in zip(ran, expected)]
         extra = [{"printed": r.output, "error": r.error} for r in ran]
-    items = [{"prompt": _prompt(row), "output": t, "expected": e, "score": int(s), **x}
-             for row, t, e, s, x in zip(rows, texts, expected, scores, extra)]
+    items = [
+        {"prompt": _prompt(row), "output": t, "expected": e, "score": int(s), **x}
+        for row, t, e, s, x in zip(rows, texts, expected, scores, extra)
+    ]
     return _summary(scores, sum(o.tokens for o in outs), seconds), items
 
 
@@ -47,7 +56,7 @@ def score_loss(ms: ModelSet, examples: list, rows: list[dict], c, advance) -> tu
     began = time.perf_counter()
     sums, counts = [], []
     for start in range(0, len(examples), c.batch_size):
-        chunk = examples[start: start + c.batch_size]
+        chunk = examples[start : start + c.batch_size]
         s, n = _losses(ms, chunk)
         sums += s
         counts += n
@@ -59,8 +68,9 @@ def score_loss(ms: ModelSet, examples: list, rows: list[dict], c, advance) -> tu
     tokens = sum(len(ids) for ids, _ in examples)
     items = [{"prompt": _prompt(r), "loss": s / n if n else None, "tokens": n} for r, s, n in zip(rows, sums, counts)]
     perplexity = math.exp(loss) if loss < 700 else math.inf
-    return ModelScore(score=loss, ci=(lo, hi), items_scored=len(kept), tokens=tokens, seconds=seconds,
-                      perplexity=perplexity), items
+    return ModelScore(
+        score=loss, ci=(lo, hi), items_scored=len(kept), tokens=tokens, seconds=seconds, perplexity=perplexity
+    ), items
 
 
 def _losses(ms: ModelSet, chunk: list) -> tuple[list[float], list[int]]:

@@ -37,7 +37,7 @@ class SignCounts:
     both_kept: int = 0  # entries kept (non-zero after trimming) in both deltas
     conflicts: int = 0  # of those, entries with opposite signs
 
-    def add(self, other: "SignCounts") -> None:
+    def add(self, other: SignCounts) -> None:
         self.both_kept += other.both_kept
         self.conflicts += other.conflicts
 

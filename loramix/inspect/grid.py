@@ -7,16 +7,34 @@ sub-layers) is labelled by its whole path inside the layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from loramix.core.modules import parse
 
-Values = list[list[Optional[float]]]
+Values = list[list[float | None]]
 
 # conventional order of projection names across columns; others follow alphabetically
 _COLUMN_ORDER = [
-    "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj",
-    "query", "key", "value", "c_attn", "c_proj", "c_fc", "dense", "fc1", "fc2", "w1", "w2", "w3",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "gate_up_proj",
+    "down_proj",
+    "query",
+    "key",
+    "value",
+    "c_attn",
+    "c_proj",
+    "c_fc",
+    "dense",
+    "fc1",
+    "fc2",
+    "w1",
+    "w2",
+    "w3",
 ]
 
 
@@ -44,7 +62,7 @@ def _col_rank(label: str) -> tuple[int, str]:
     return (_COLUMN_ORDER.index(short) if short in _COLUMN_ORDER else len(_COLUMN_ORDER), label)
 
 
-def grid(values: dict[str, Optional[float]]) -> Grid:
+def grid(values: dict[str, float | None]) -> Grid:
     """Arrange per-module values as layers (rows) × module kinds (columns); None where absent."""
     cols_of = _column_keys(list(values))
     layers = {n: parse(n).layer for n in values}

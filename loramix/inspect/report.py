@@ -3,8 +3,9 @@ or a fit-cat α table as a heatmap. Each report's `to_json()` is what `inspect -
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from loramix.core.adapters import WEIGHTS_NAME, Adapter
 from loramix.core.modules import parse
@@ -26,7 +27,7 @@ class AdapterSummary:
     scale: dict  # {"min", "max"}
     dtype: str
     parameters: int
-    size_bytes: Optional[int]
+    size_bytes: int | None
     delta_norm: Grid
     module_stats: dict[str, dict]  # module -> rank, scale, shape, delta_norm
 
@@ -37,8 +38,8 @@ class AdapterSummary:
 @dataclass(frozen=True)
 class LayerRow:
     layer: str  # the layer index, "-" outside numbered layers, "all" for the whole adapter
-    cosine: Optional[float]
-    conflict_rate: Optional[float]
+    cosine: float | None
+    conflict_rate: float | None
     norm_a: float
     norm_b: float
 
@@ -57,10 +58,18 @@ class Comparison:
     module_stats: dict[str, dict]  # module -> cosine, conflict_rate, norm_a, norm_b
 
     def to_json(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "density": self.density, "shared_modules": self.shared_modules,
-                "only_in_a": self.only_in_a, "only_in_b": self.only_in_b, "overall": asdict(self.overall),
-                "layers": [asdict(r) for r in self.layers], "cosine": self.cosine.to_json(),
-                "module_stats": self.module_stats}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "density": self.density,
+            "shared_modules": self.shared_modules,
+            "only_in_a": self.only_in_a,
+            "only_in_b": self.only_in_b,
+            "overall": asdict(self.overall),
+            "layers": [asdict(r) for r in self.layers],
+            "cosine": self.cosine.to_json(),
+            "module_stats": self.module_stats,
+        }
 
 
 @dataclass(frozen=True)
@@ -85,13 +94,23 @@ def adapter_report(adapter: Adapter) -> AdapterSummary:
     norms = {n: delta_norm(m) for n, m in mods.items()}
     g = grid(dict(norms))
     return AdapterSummary(
-        path=str(adapter.path), base=adapter.base, modules=len(mods), layers=sum(1 for r in g.rows if r != "-"),
-        targets=g.cols, rank=_span([m.rank for m in mods.values()]), lora_alpha=adapter.config.get("lora_alpha"),
-        use_rslora=bool(adapter.config.get("use_rslora")), scale=_span([m.scale for m in mods.values()]),
-        dtype=str(adapter.dtype).removeprefix("torch."), parameters=adapter.num_parameters,
-        size_bytes=(adapter.path / WEIGHTS_NAME).stat().st_size if adapter.path else None, delta_norm=g,
-        module_stats={n: {"rank": m.rank, "scale": m.scale, "shape": list(m.shape), "delta_norm": norms[n]}
-                      for n, m in mods.items()},
+        path=str(adapter.path),
+        base=adapter.base,
+        modules=len(mods),
+        layers=sum(1 for r in g.rows if r != "-"),
+        targets=g.cols,
+        rank=_span([m.rank for m in mods.values()]),
+        lora_alpha=adapter.config.get("lora_alpha"),
+        use_rslora=bool(adapter.config.get("use_rslora")),
+        scale=_span([m.scale for m in mods.values()]),
+        dtype=str(adapter.dtype).removeprefix("torch."),
+        parameters=adapter.num_parameters,
+        size_bytes=(adapter.path / WEIGHTS_NAME).stat().st_size if adapter.path else None,
+        delta_norm=g,
+        module_stats={
+            n: {"rank": m.rank, "scale": m.scale, "shape": list(m.shape), "delta_norm": norms[n]}
+            for n, m in mods.items()
+        },
     )
 
 
@@ -126,21 +145,22 @@ class _Sums:
         self.nb2 += nb * nb
         self.signs.add(signs)
 
-    def absorb(self, other: "_Sums") -> None:
+    def absorb(self, other: _Sums) -> None:
         self.inner += other.inner
         self.na2 += other.na2
         self.nb2 += other.nb2
         self.signs.add(other.signs)
 
     def row(self, label: str) -> LayerRow:
-        na, nb = self.na2 ** 0.5, self.nb2 ** 0.5
+        na, nb = self.na2**0.5, self.nb2**0.5
         return LayerRow(label, cosine(self.inner, na, nb), self.signs.rate, na, nb)
 
 
 def compare_report(a: Adapter, b: Adapter, density: float, on_module: Callable = lambda *_: None) -> Comparison:
     """Per module and per layer: cosine similarity of the deltas and TIES's sign-conflict rate."""
     shared = sorted(set(a.modules) & set(b.modules))
-    per_module, per_layer = {}, {}
+    per_module: dict[str, dict] = {}
+    per_layer: dict[str, _Sums] = {}
     total = _Sums()
     for name in shared:
         ma, mb = a.modules[name], b.modules[name]
@@ -154,10 +174,16 @@ def compare_report(a: Adapter, b: Adapter, density: float, on_module: Callable =
         total.absorb(sums)
     layers = [sums.row(label) for label, sums in sorted(per_layer.items(), key=lambda kv: _layer_key(kv[0]))]
     return Comparison(
-        a=str(a.path), b=str(b.path), density=density, shared_modules=len(shared),
-        only_in_a=sorted(set(a.modules) - set(b.modules)), only_in_b=sorted(set(b.modules) - set(a.modules)),
-        overall=total.row("all"), layers=layers,
-        cosine=grid({n: v["cosine"] for n, v in per_module.items()}), module_stats=per_module,
+        a=str(a.path),
+        b=str(b.path),
+        density=density,
+        shared_modules=len(shared),
+        only_in_a=sorted(set(a.modules) - set(b.modules)),
+        only_in_b=sorted(set(b.modules) - set(a.modules)),
+        overall=total.row("all"),
+        layers=layers,
+        cosine=grid({n: v["cosine"] for n, v in per_module.items()}),
+        module_stats=per_module,
     )
 
 

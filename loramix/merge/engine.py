@@ -7,25 +7,25 @@ entries (s_i · B_i[rows] @ A_i), so the only full-size matrix alive is the merg
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
 
 import torch
 
 from loramix.core.adapters import Adapter, LoraModule
-from loramix.merge.methods.base import MergeMethod
 from loramix.merge.factor import factor_full, truncate_lowrank
+from loramix.merge.methods.base import MergeMethod
 from loramix.merge.ops import kth_largest_abs, magnitude_keep, random_keep, row_spans
 
 
 @dataclass
 class MergeOptions:
     weights: list[float]
-    density: Optional[float] = None
+    density: float | None = None
     majority_sign: str = "total"
-    rank: Optional[int] = None
+    rank: int | None = None
     seed: int = 0
-    module_weights: Optional[dict[str, list[float]]] = None  # per module, overriding `weights` (--cat-weights)
+    module_weights: dict[str, list[float]] | None = None  # per module, overriding `weights` (--cat-weights)
 
     def weights_for(self, name: str) -> list[float]:
         return self.module_weights[name] if self.module_weights is not None else self.weights
@@ -37,12 +37,15 @@ class ModuleMerge:
 
     name: str
     ranks: list[int]  # the ranks of the inputs that have this module
-    A: Optional[torch.Tensor] = None  # (R, in)
-    B: Optional[torch.Tensor] = None  # (out, R)
-    full: Optional[torch.Tensor] = None  # (out, in)
+    A: torch.Tensor | None = None  # (R, in)
+    B: torch.Tensor | None = None  # (out, R)
+    full: torch.Tensor | None = None  # (out, in)
 
     def delta(self) -> torch.Tensor:
-        return self.full if self.full is not None else self.B @ self.A
+        if self.full is not None:
+            return self.full
+        assert self.A is not None and self.B is not None
+        return self.B @ self.A
 
 
 @dataclass
@@ -83,6 +86,7 @@ def merged_delta(
     out, inp = mods[0].shape
     spans = row_spans(out, inp)
     density = method.density(opts.density)
+    assert density is not None and method.combine_deltas is not None  # a delta method has both
     thresholds = None
     if method.trim == "magnitude":
         thresholds = torch.tensor([magnitude_threshold(m, density) for m in mods])
@@ -90,10 +94,10 @@ def merged_delta(
     gens = [torch.Generator().manual_seed(module_seed(opts.seed, f"{name}#{i}")) for i in range(len(mods))]
     result = torch.empty(out, inp)
     for r0, r1 in spans:
-        deltas = [m.delta(r0, r1) for m in mods]  # k × (rows, in)
+        blocks = [m.delta(r0, r1) for m in mods]  # k × (rows, in)
         if method.trim == "random":
-            deltas = [random_keep(d, density, g) for d, g in zip(deltas, gens)]
-        deltas = torch.stack(deltas)
+            blocks = [random_keep(d, density, g) for d, g in zip(blocks, gens)]
+        deltas = torch.stack(blocks)
         if thresholds is not None:
             deltas = magnitude_keep(deltas, thresholds)
         result[r0:r1] = method.combine_deltas(deltas, weights, opts.majority_sign)
@@ -110,22 +114,22 @@ def magnitude_threshold(mod: LoraModule, density: float) -> float:
     return kth_largest_abs(lambda: (mod.delta(r0, r1) for r0, r1 in spans), keep)
 
 
-
 def module_seed(seed: int, name: str) -> int:
     """A per-module seed that does not depend on which other modules are merged, or in what order."""
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def target_rank(method: MergeMethod, merged: ModuleMerge, rank: Optional[int]) -> int:
+def target_rank(method: MergeMethod, merged: ModuleMerge, rank: int | None) -> int:
     if rank is not None:
         return rank
     return max(merged.ranks) if method.default_rank == "max" else sum(merged.ranks)
 
 
-def factor_module(method: MergeMethod, merged: ModuleMerge, rank: Optional[int], seed: int = 0):
+def factor_module(method: MergeMethod, merged: ModuleMerge, rank: int | None, seed: int = 0):
     """(A, B, relative error) of one merged module at the requested rank, float32, scale 1."""
     k = target_rank(method, merged, rank)
     if merged.full is None:
+        assert merged.A is not None and merged.B is not None
         return truncate_lowrank(merged.A, merged.B, k)
     return factor_full(merged.full, k, seed=module_seed(seed, merged.name))
 
@@ -134,7 +138,7 @@ def merge_to_factors(
     method: MergeMethod,
     adapters: list[Adapter],
     opts: MergeOptions,
-    on_module: Optional[Callable[[str], None]] = None,
+    on_module: Callable[[str], None] | None = None,
 ) -> MergedFactors:
     """Merge every module and factor it to LoRA form; `on_module` is called after each one."""
     result = MergedFactors()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -39,7 +39,7 @@ def base_tensor_files(base: Path) -> dict[str, Path]:
         return {k: base / v for k, v in weight_map.items()}
     single = base / "model.safetensors"
     if single.is_file():
-        return {k: single for k in _headers(single)}
+        return dict.fromkeys(_headers(single), single)
     if any(base.glob("*.bin")):
         raise InputError(f"{base}: holds pickled weights only; loramix reads safetensors only")
     raise InputError(f"{base}: no model.safetensors or {INDEX_NAME}")
@@ -51,7 +51,7 @@ def _headers(path: Path) -> dict[str, tuple[list[int], str]]:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: (list(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+            return {k: (list(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as e:  # safetensors' own error type, or OSError
         raise InputError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})")
 
@@ -66,8 +66,9 @@ def _load(path: Path, key: str) -> torch.Tensor:
         raise InputError(f"{path}: cannot read tensor {key} ({e})")
 
 
-def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_module: Optional[Callable] = None
-                    ) -> tuple[str, list[str]]:
+def merge_into_base(
+    method, adapters, opts, base_name: str, folder: Path, on_module: Callable | None = None
+) -> tuple[str, list[str]]:
     """Write the base with the merged deltas added into `folder`; returns (the base's folder, warnings)."""
     from loramix.merge.engine import merge_module, module_names
 
@@ -111,12 +112,16 @@ def _check_modules(adapters, names: list[str], headers: dict, base: Path, transp
             raise InputError(f"{key}: the base weight has shape {headers[key][0]}, the adapters' delta {want}")
 
 
-def _write_shards(files: dict, headers: dict, targets: set[str], delta: Callable[[str], torch.Tensor], folder: Path) -> None:
+def _write_shards(
+    files: dict, headers: dict, targets: set[str], delta: Callable[[str], torch.Tensor], folder: Path
+) -> None:
     """Copy every base tensor into new shards, adding delta(key) to the keys in `targets`."""
     from safetensors.torch import save_file
 
     sizes = {k: _numel(shape) * _ITEMSIZE.get(dtype, 1) for k, (shape, dtype) in headers.items()}
-    shards, current, used = [], [], 0
+    shards: list[list[str]] = []
+    current: list[str] = []
+    used = 0
     for k in sorted(files):
         if current and used + sizes[k] > MAX_SHARD_BYTES:
             shards.append(current)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 from loramix import __version__
 from loramix.core.adapters import Adapter, check_compatible, read_adapter
-from loramix.core.profiles import write_adapter
 from loramix.core.errors import InputError
 from loramix.core.outputs import atomic_dir, check_out
+from loramix.core.profiles import write_adapter
 from loramix.merge.report import InputAdapter, MergeReport, Span
 
 ModuleWeights = Callable[[list[Adapter]], dict[str, list[float]]]
@@ -42,15 +42,15 @@ class MergeRequest:
     adapters: list[Path]
     method: str
     out: Path
-    weights: Optional[list[float]] = None
-    density: Optional[float] = None
-    majority_sign: Optional[str] = None
-    rank: Optional[int] = None
+    weights: list[float] | None = None
+    density: float | None = None
+    majority_sign: str | None = None
+    rank: int | None = None
     profile: str = "peft"
-    into_base: Optional[str] = None
+    into_base: str | None = None
     seed: int = 0
     force: bool = False
-    cat_weights: Optional[Path] = None  # the α table `per_module` weights come from (see run_merge)
+    cat_weights: Path | None = None  # the α table `per_module` weights come from (see run_merge)
 
 
 def get_method(name: str):
@@ -90,8 +90,9 @@ def load_adapters(paths: list[Path]) -> list[Adapter]:
     return adapters
 
 
-def run_merge(req: MergeRequest, progress: Callable = no_progress, per_module: Optional[ModuleWeights] = None
-              ) -> MergeReport:
+def run_merge(
+    req: MergeRequest, progress: Callable = no_progress, per_module: ModuleWeights | None = None
+) -> MergeReport:
     """Merge as requested and write the output folder; returns the report (`--json` prints it).
 
     `progress(description, total)` is a context manager yielding a function called once per module.

@@ -5,10 +5,9 @@ Shapes: k adapters, a block of `rows` rows of a module's (out, in) delta. Everyt
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
-
 
 BLOCK_ELEMS = 1 << 18  # entries per matrix in one row block: small enough to add little to peak memory
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class Span:
     max: float
 
     @classmethod
-    def of(cls, values: list) -> "Span":
+    def of(cls, values: list) -> Span:
         return cls(min(values), max(values))
 
     def to_json(self) -> dict:
@@ -26,7 +26,7 @@ class Span:
 class InputAdapter:
     path: str
     base: str
-    sha256: Optional[str]
+    sha256: str | None
 
     def to_json(self) -> dict:
         return {"path": self.path, "base": self.base, "sha256": self.sha256}
@@ -38,24 +38,24 @@ class MergeReport:
     out: str
     method: str
     kind: str  # exact, truncated or factored (loramix.merge.methods.base)
-    profile: Optional[str]  # None for --into-base
-    into_base: Optional[str]
+    profile: str | None  # None for --into-base
+    into_base: str | None
     adapters: list[InputAdapter]
-    weights: Optional[list[float]]  # None when an α table gave them
-    cat_weights: Optional[str]  # that table
-    density: Optional[float]
-    majority_sign: Optional[str]
+    weights: list[float] | None  # None when an α table gave them
+    cat_weights: str | None  # that table
+    density: float | None
+    majority_sign: str | None
     seed: int
     error_max: float  # relative Frobenius error of the written factors, worst module
     error_mean: float
     modules: int
     seconds: float = 0.0
     # an adapter was written
-    rank: Optional[Span] = None
+    rank: Span | None = None
     errors: dict[str, float] = field(default_factory=dict)
-    dtype: Optional[str] = None
+    dtype: str | None = None
     # a full model was written (--into-base)
-    base: Optional[str] = None
+    base: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -64,10 +64,19 @@ class MergeReport:
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
-            "loramix": self.version, "out": self.out, "method": self.method, "kind": self.kind, "exact": self.exact,
-            "profile": self.profile, "into_base": self.into_base, "adapters": [a.to_json() for a in self.adapters],
-            "weights": self.weights, "cat_weights": self.cat_weights, "density": self.density,
-            "majority_sign": self.majority_sign, "seed": self.seed,
+            "loramix": self.version,
+            "out": self.out,
+            "method": self.method,
+            "kind": self.kind,
+            "exact": self.exact,
+            "profile": self.profile,
+            "into_base": self.into_base,
+            "adapters": [a.to_json() for a in self.adapters],
+            "weights": self.weights,
+            "cat_weights": self.cat_weights,
+            "density": self.density,
+            "majority_sign": self.majority_sign,
+            "seed": self.seed,
         }
         error = {"max": self.error_max, "mean": self.error_mean}
         if self.into_base is None:

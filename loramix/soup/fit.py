@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 from loramix.core.errors import EXIT_INTERRUPTED, InputError, LoramixError
 from loramix.soup import layer
@@ -71,14 +73,21 @@ def check_options(c: CatConfig) -> None:
     from loramix.core.profiles import PROFILES
 
     if len(c.adapters) < 2:
-        raise InputError(f"fit-cat needs at least two adapters, got {len(c.adapters)}",
-                         hint="loramix fit-cat math/ code/ --data builtin:math --data builtin:code -o soup/")
+        raise InputError(
+            f"fit-cat needs at least two adapters, got {len(c.adapters)}",
+            hint="loramix fit-cat math/ code/ --data builtin:math --data builtin:code -o soup/",
+        )
     if not c.data:
-        raise InputError("fit-cat needs --data", hint="one --data per skill, e.g. --data builtin:math --data builtin:code")
+        raise InputError(
+            "fit-cat needs --data", hint="one --data per skill, e.g. --data builtin:math --data builtin:code"
+        )
     if not 0 < c.fraction <= 1:
         raise InputError(f"--fraction {c.fraction}: must be in (0, 1]")
-    for name, value, allowed in (("--granularity", c.granularity, layer.GRANULARITIES), ("--param", c.param, layer.PARAMS),
-                                 ("--profile", c.profile, PROFILES)):
+    for name, value, allowed in (
+        ("--granularity", c.granularity, layer.GRANULARITIES),
+        ("--param", c.param, layer.PARAMS),
+        ("--profile", c.profile, PROFILES),
+    ):
         if value not in allowed:
             raise InputError(f"{name} {value}: unknown", hint=f"choose one of {', '.join(allowed)}")
     if not math.isfinite(c.init):
@@ -90,8 +99,16 @@ def check_options(c: CatConfig) -> None:
     resolved = [Path(p).resolve() for p in c.adapters]
     if len(set(resolved)) < len(resolved):
         raise InputError("the same adapter is given twice", hint="each skill once; copy the folder to study twins")
-    loop.check_common(lr=c.lr, epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size,
-                      grad_accum=c.grad_accum, max_length=c.max_length, val_fraction=c.val_fraction, warmup=c.warmup)
+    loop.check_common(
+        lr=c.lr,
+        epochs=c.epochs,
+        max_steps=c.max_steps,
+        batch_size=c.batch_size,
+        grad_accum=c.grad_accum,
+        max_length=c.max_length,
+        val_fraction=c.val_fraction,
+        warmup=c.warmup,
+    )
 
 
 def sample_rows(c: CatConfig) -> tuple[list[tuple[str, list[dict]]], list[DataSample]]:
@@ -140,7 +157,7 @@ def prepare(c: CatConfig) -> Fitting:
     if path.resolve().is_relative_to(c.out.resolve()):
         raise InputError(f"{c.out}: holds the base model; write the result somewhere else")
     samples, sources = sample_rows(c)
-    device, dtype, threads = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
+    device, dtype, _ = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
     tokenizer = models.load_tokenizer(path)
     examples = mixed_examples(samples, tokenizer, c)
     rows_train, rows_val = loop.split_rows(examples, c.val_fraction, c.seed)
@@ -150,14 +167,21 @@ def prepare(c: CatConfig) -> Fitting:
     alpha, labels, group = layer.wrap(model, adapters, c.granularity, c.param, c.init)
     model.train()  # 4-bit bases: an eval-mode forward may repack their weights (docs/architecture.md, 4-bit bases)
     steps, per_epoch = loop.plan_steps(len(rows_train), c.batch_size, c.grad_accum, c.epochs, c.max_steps)
-    settings = loop.LoopSettings(lr=c.lr, batch_size=c.batch_size, grad_accum=c.grad_accum, warmup=c.warmup,
-                                 seed=c.seed, eval_every=c.eval_every or max(1, steps // 4))
+    settings = loop.LoopSettings(
+        lr=c.lr,
+        batch_size=c.batch_size,
+        grad_accum=c.grad_accum,
+        warmup=c.warmup,
+        seed=c.seed,
+        eval_every=c.eval_every or max(1, steps // 4),
+    )
     run = loop.Run(settings, model, tokenizer, rows_train, rows_val, device, steps, per_epoch)
-    return Fitting(c, run, adapters, alpha, labels, group, models.base_record(base), sources,
-                   str(dtype).replace("torch.", ""))
+    return Fitting(
+        c, run, adapters, alpha, labels, group, models.base_record(base), sources, str(dtype).replace("torch.", "")
+    )
 
 
-def run_fit(c: CatConfig, report_factory: Callable[[int], ContextManager[loop.Report]]) -> FitReport:
+def run_fit(c: CatConfig, report_factory: Callable[[int], AbstractContextManager[loop.Report]]) -> FitReport:
     """prepare -> fit α (keeping the best by validation loss) -> write; returns the α table.
     The first Ctrl-C writes the result with the best α so far and exits 130."""
     with loop.memory_errors():
@@ -177,12 +201,16 @@ def _fit_and_write(c: CatConfig, report_factory) -> FitReport:
             if val is not None and (f.best["val_loss"] is None or val < f.best["val_loss"]):
                 f.best.update(val_loss=val, step=step, raw=f.alpha.raw.detach().clone())
             report(step, fields)
+
         return update
 
     def on_stop(history: loop.History):
         written = write(f, history, interrupted=True)
-        raise LoramixError(f"interrupted after step {len(history.loss)} of {f.run.steps}; wrote {c.out} with "
-                           f"the α of step {written.chosen_step}", exit_code=EXIT_INTERRUPTED)
+        raise LoramixError(
+            f"interrupted after step {len(history.loss)} of {f.run.steps}; wrote {c.out} with "
+            f"the α of step {written.chosen_step}",
+            exit_code=EXIT_INTERRUPTED,
+        )
 
     with stop_on_interrupt() as stop:
         with report_factory(f.run.steps) as report:
@@ -200,9 +228,8 @@ def write(f: Fitting, history: loop.History, interrupted: bool = False) -> FitRe
     import torch
     from safetensors.torch import save_file
 
-    from loramix.core.profiles import write_adapter
     from loramix.core.outputs import atomic_dir
-    from loramix.core.profiles import layout
+    from loramix.core.profiles import layout, write_adapter
 
     c, raw = f.config, _chosen(f)
     factors = layer.folded_factors(f.adapters, raw, c.param, f.group)
@@ -226,7 +253,7 @@ def truncate(factors: dict, rank: int | None) -> tuple[dict, dict[str, float]]:
     from loramix.merge.factor import truncate_lowrank
 
     if rank is None:
-        return factors, {name: 0.0 for name in factors}
+        return factors, dict.fromkeys(factors, 0.0)
     out, errors = {}, {}
     for name, (A, B) in factors.items():
         A, B, errors[name] = truncate_lowrank(A, B, rank)
@@ -245,13 +272,33 @@ def fit_report(f: Fitting, raw, history: loop.History, interrupted: bool) -> Fit
     c, run = f.config, f.run
     start = [{"epoch": 0.0, "step": 0, "loss": round(f.val0, 5)}] if f.val0 is not None else []
     return FitReport(
-        version=__version__, base=f.base, granularity=c.granularity, param=c.param, init=c.init,
+        version=__version__,
+        base=f.base,
+        granularity=c.granularity,
+        param=c.param,
+        init=c.init,
         adapters=[SkillAdapter(a.name, str(Path(a.path).resolve()), a.sha256()) for a in f.adapters],
-        groups=f.labels, alpha=layer.group_table(f.adapters, raw, c.param, f.group),
+        groups=f.labels,
+        alpha=layer.group_table(f.adapters, raw, c.param, f.group),
         chosen_step=f.best["step"] if f.best["val_loss"] is not None else len(history.loss),
-        best_val_loss=f.best["val_loss"], data=f.sources, fraction=c.fraction, seed=c.seed, lr=c.lr,
-        batch_size=c.batch_size, grad_accum=c.grad_accum, max_length=c.max_length, val_fraction=c.val_fraction,
-        load_in_4bit=c.load_in_4bit, dtype=f.dtype, steps=len(history.loss), planned_steps=run.steps,
-        interrupted=interrupted, rows_train=len(run.train), rows_val=len(run.val), tokens=history.tokens,
-        seconds=history.seconds, loss_curve=history.loss, val_loss=start + history.val,
+        best_val_loss=f.best["val_loss"],
+        data=f.sources,
+        fraction=c.fraction,
+        seed=c.seed,
+        lr=c.lr,
+        batch_size=c.batch_size,
+        grad_accum=c.grad_accum,
+        max_length=c.max_length,
+        val_fraction=c.val_fraction,
+        load_in_4bit=c.load_in_4bit,
+        dtype=f.dtype,
+        steps=len(history.loss),
+        planned_steps=run.steps,
+        interrupted=interrupted,
+        rows_train=len(run.train),
+        rows_val=len(run.val),
+        tokens=history.tokens,
+        seconds=history.seconds,
+        loss_curve=history.loss,
+        val_loss=start + history.val,
     )

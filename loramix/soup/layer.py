@@ -47,8 +47,17 @@ def alpha_values(raw: torch.Tensor, param: str, present: torch.Tensor | None = N
 class CatLinear(nn.Module):
     """A frozen base linear plus the concatenated skill LoRAs, weighted by α[group]."""
 
-    def __init__(self, base: nn.Module, A: torch.Tensor, B: torch.Tensor, scale: torch.Tensor,
-                 owner: torch.Tensor, alpha: CatAlpha, group: int, present: torch.Tensor):
+    def __init__(
+        self,
+        base: nn.Module,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        scale: torch.Tensor,
+        owner: torch.Tensor,
+        alpha: CatAlpha,
+        group: int,
+        present: torch.Tensor,
+    ):
         super().__init__()
         self.base, self.alpha, self.group = base, [alpha], group  # a list: α is owned by the model once
         self.register_buffer("present", present)  # (k,) which adapters have this module
@@ -56,6 +65,12 @@ class CatLinear(nn.Module):
         self.register_buffer("B", B)  # (out, R)
         self.register_buffer("scale", scale)  # (R,)
         self.register_buffer("owner", owner)  # (R,) adapter index of each rank slot
+
+    present: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: torch.Tensor
+    owner: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -88,8 +103,9 @@ def fold(modules: list, alpha_row: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return concat_factors([(a, b, s) for a, b, s, _ in present], [w for *_, w in present])
 
 
-def wrap(model: nn.Module, adapters: list, granularity: str = "layer", param: str = "free",
-         init: float = 1.0) -> tuple[CatAlpha, list[str], dict[str, int]]:
+def wrap(
+    model: nn.Module, adapters: list, granularity: str = "layer", param: str = "free", init: float = 1.0
+) -> tuple[CatAlpha, list[str], dict[str, int]]:
     """Replace every linear any adapter targets by a CatLinear sharing one CatAlpha (registered on
     the model as `cat_alpha`); freeze everything else. Returns (α, group labels, module -> group)."""
     if granularity not in GRANULARITIES:
@@ -106,8 +122,11 @@ def wrap(model: nn.Module, adapters: list, granularity: str = "layer", param: st
         base = model.get_submodule(name)
         modules = [a.modules.get(name) for a in adapters]
         A, B, scale, owner = concatenate(modules, device=device)
-        setattr(model.get_submodule(parent) if parent else model, child,
-                CatLinear(base, A, B, scale, owner, alpha, group[name], present_mask(modules).to(device)))
+        setattr(
+            model.get_submodule(parent) if parent else model,
+            child,
+            CatLinear(base, A, B, scale, owner, alpha, group[name], present_mask(modules).to(device)),
+        )
     return alpha, labels, group
 
 
@@ -129,6 +148,6 @@ def group_table(adapters: list, raw: torch.Tensor, param: str, group: dict[str, 
         present[g] |= present_mask([a.modules.get(name) for a in adapters])
     rows = []
     for g in range(n_groups):
-        values = alpha_values(raw[g: g + 1], param, present[g])[0].tolist()
+        values = alpha_values(raw[g : g + 1], param, present[g])[0].tolist()
         rows.append([v if present[g, i] else None for i, v in enumerate(values)])
     return rows

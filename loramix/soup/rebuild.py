@@ -3,7 +3,7 @@ the merge job, with one weight per adapter per module (loramix.soup.table)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from loramix.core.errors import InputError
 from loramix.merge.job import MergeRequest, no_progress, run_merge
@@ -14,17 +14,18 @@ from loramix.soup import table
 def rebuild(req: MergeRequest, progress: Callable = no_progress) -> MergeReport:
     """The merge `req` asks for, weighted by the α table req.cat_weights (which must be set).
     Adapters default to the ones the table records; given ones must be those, in its order."""
-    assert req.cat_weights is not None
+    file = req.cat_weights
+    assert file is not None
     if req.method != "cat":
         raise InputError(f"--cat-weights applies to -m cat, not -m {req.method}")
     if req.weights is not None:
         raise InputError("--weights and --cat-weights both set the weights; give one")
-    doc = table.read(req.cat_weights)
+    doc = table.read(file)
     if not req.adapters:
-        req.adapters = table.recorded_paths(doc, req.cat_weights)
+        req.adapters = table.recorded_paths(doc, file)
 
     def per_module(adapters: list) -> dict[str, list[float]]:
-        table.check_adapters(doc, adapters, req.cat_weights)
-        return table.module_weights(doc, adapters, req.cat_weights)
+        table.check_adapters(doc, adapters, file)
+        return table.module_weights(doc, adapters, file)
 
     return run_merge(req, progress, per_module)

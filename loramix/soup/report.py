@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-Alpha = list[list[Optional[float]]]  # (groups, k); None where an adapter has no module in the group
+Alpha = list[list[float | None]]  # (groups, k); None where an adapter has no module in the group
 
 
 @dataclass(frozen=True)
@@ -35,32 +35,32 @@ class FitReport:
     groups: list[str]
     alpha: Alpha
     adapters: list[SkillAdapter]
-    version: Optional[str] = None
-    base: Optional[str] = None
-    init: Optional[float] = None
-    chosen_step: Optional[int] = None  # the step whose α was written (0: the initial α)
-    best_val_loss: Optional[float] = None
+    version: str | None = None
+    base: str | None = None
+    init: float | None = None
+    chosen_step: int | None = None  # the step whose α was written (0: the initial α)
+    best_val_loss: float | None = None
     data: list[DataSample] = field(default_factory=list)
-    fraction: Optional[float] = None
-    seed: Optional[int] = None
-    lr: Optional[float] = None
-    batch_size: Optional[int] = None
-    grad_accum: Optional[int] = None
-    max_length: Optional[int] = None
-    val_fraction: Optional[float] = None
-    load_in_4bit: Optional[bool] = None
-    dtype: Optional[str] = None
-    steps: Optional[int] = None
-    planned_steps: Optional[int] = None
+    fraction: float | None = None
+    seed: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    max_length: int | None = None
+    val_fraction: float | None = None
+    load_in_4bit: bool | None = None
+    dtype: str | None = None
+    steps: int | None = None
+    planned_steps: int | None = None
     interrupted: bool = False
-    rows_train: Optional[int] = None
-    rows_val: Optional[int] = None
-    tokens: Optional[int] = None
-    seconds: Optional[float] = None
+    rows_train: int | None = None
+    rows_val: int | None = None
+    tokens: int | None = None
+    seconds: float | None = None
     loss_curve: list[float] = field(default_factory=list)
     val_loss: list[dict] = field(default_factory=list)  # {"epoch", "step", "loss"}, step 0 first
-    rank: Optional[dict] = None  # {"min", "max"} of the written adapter
-    svd_error: Optional[dict] = None  # {"max", "mean"} relative error of --rank truncation
+    rank: dict | None = None  # {"min", "max"} of the written adapter
+    svd_error: dict | None = None  # {"max", "mean"} relative error of --rank truncation
 
     @property
     def fitted(self) -> bool:
@@ -69,26 +69,54 @@ class FitReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "loramix": self.version, "command": "fit-cat", "base": self.base, "granularity": self.granularity,
-            "param": self.param, "init": self.init, "adapters": [asdict(a) for a in self.adapters],
-            "groups": self.groups, "alpha": self.alpha, "chosen_step": self.chosen_step,
-            "best_val_loss": self.best_val_loss, "data": [asdict(d) for d in self.data], "fraction": self.fraction,
-            "seed": self.seed, "lr": self.lr, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-            "max_length": self.max_length, "val_fraction": self.val_fraction, "load_in_4bit": self.load_in_4bit,
-            "dtype": self.dtype, "steps": self.steps, "planned_steps": self.planned_steps,
-            "interrupted": self.interrupted, "rows_train": self.rows_train, "rows_val": self.rows_val,
-            "tokens": self.tokens, "seconds": self.seconds, "loss_curve": self.loss_curve, "val_loss": self.val_loss,
-            "rank": self.rank, "svd_error": self.svd_error,
+            "loramix": self.version,
+            "command": "fit-cat",
+            "base": self.base,
+            "granularity": self.granularity,
+            "param": self.param,
+            "init": self.init,
+            "adapters": [asdict(a) for a in self.adapters],
+            "groups": self.groups,
+            "alpha": self.alpha,
+            "chosen_step": self.chosen_step,
+            "best_val_loss": self.best_val_loss,
+            "data": [asdict(d) for d in self.data],
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "max_length": self.max_length,
+            "val_fraction": self.val_fraction,
+            "load_in_4bit": self.load_in_4bit,
+            "dtype": self.dtype,
+            "steps": self.steps,
+            "planned_steps": self.planned_steps,
+            "interrupted": self.interrupted,
+            "rows_train": self.rows_train,
+            "rows_val": self.rows_val,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "loss_curve": self.loss_curve,
+            "val_loss": self.val_loss,
+            "rank": self.rank,
+            "svd_error": self.svd_error,
         }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "FitReport":
+    def from_json(cls, doc: dict) -> FitReport:
         """A checked table (loramix.soup.table.read) as a report; fields it lacks stay None."""
         known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc and k not in ("adapters", "data", "version")}
-        return cls(**known, version=doc.get("loramix"),
-                   adapters=[SkillAdapter(a["name"], a["path"], a["sha256"]) for a in doc["adapters"]],
-                   data=[DataSample(**{k: d[k] for k in _SAMPLE_KEYS}) for d in doc.get("data") or []
-                         if isinstance(d, dict) and all(k in d for k in _SAMPLE_KEYS)])
+        return cls(
+            **known,
+            version=doc.get("loramix"),
+            adapters=[SkillAdapter(a["name"], a["path"], a["sha256"]) for a in doc["adapters"]],
+            data=[
+                DataSample(**{k: d[k] for k in _SAMPLE_KEYS})
+                for d in doc.get("data") or []
+                if isinstance(d, dict) and all(k in d for k in _SAMPLE_KEYS)
+            ],
+        )
 
 
 _SAMPLE_KEYS = ("data", "rows", "used", "sha256")

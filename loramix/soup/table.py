@@ -65,12 +65,12 @@ def read(path: Path) -> dict:
 def _check_adapters(doc: dict, file: Path) -> None:
     entries = doc["adapters"]
     if not isinstance(entries, list) or len(entries) < 2:
-        raise InputError(f"{file}: \"adapters\" must list the two or more adapters the table weights")
+        raise InputError(f'{file}: "adapters" must list the two or more adapters the table weights')
     for i, a in enumerate(entries, 1):
         if not isinstance(a, dict) or any(not isinstance(a.get(k), str) for k in ("name", "path", "sha256")):
-            raise InputError(f"{file}: adapter {i} needs \"name\", \"path\" and \"sha256\" strings")
+            raise InputError(f'{file}: adapter {i} needs "name", "path" and "sha256" strings')
     if not isinstance(doc["groups"], list) or not all(isinstance(g, str) for g in doc["groups"]):
-        raise InputError(f"{file}: \"groups\" must be a list of group names")
+        raise InputError(f'{file}: "groups" must be a list of group names')
 
 
 def _check_alpha(doc: dict, file: Path) -> None:
@@ -93,7 +93,9 @@ def recorded_paths(doc: dict, file: Path) -> list[Path]:
     paths = [Path(a["path"]) for a in doc["adapters"]]
     for p in paths:
         if not p.is_dir():
-            raise InputError(f"{table_path(file)}: its adapter {p} is gone", hint="give the adapters on the command line")
+            raise InputError(
+                f"{table_path(file)}: its adapter {p} is gone", hint="give the adapters on the command line"
+            )
     return paths
 
 
@@ -109,25 +111,30 @@ def check_adapters(doc: dict, adapters: list, file: Path) -> None:
             continue
         names = ", ".join(x["name"] for x in doc["adapters"])
         if digest in expected:
-            raise InputError(f"{a.path}: is the table's adapter {expected.index(digest) + 1}, given as {i + 1}",
-                             hint=f"give them in the table's order: {names}")
-        raise InputError(f"{a.path}: is not an adapter {file.name} was fitted with (its weights differ)",
-                         hint=f"the table's adapters: {names}")
+            raise InputError(
+                f"{a.path}: is the table's adapter {expected.index(digest) + 1}, given as {i + 1}",
+                hint=f"give them in the table's order: {names}",
+            )
+        raise InputError(
+            f"{a.path}: is not an adapter {file.name} was fitted with (its weights differ)",
+            hint=f"the table's adapters: {names}",
+        )
 
 
 def layer_of(module: str) -> int:
     """The block index in a module path: 'model.layers.3.mlp.up_proj' -> 3 (loramix.core.modules)."""
     layer = parse(module).layer
     if layer is None:
-        raise InputError(f"{module}: no layer index in its name, so it has no per-layer α",
-                         hint="use --granularity module or global")
+        raise InputError(
+            f"{module}: no layer index in its name, so it has no per-layer α", hint="use --granularity module or global"
+        )
     return layer
 
 
 def groups(modules: list[str], granularity: str) -> tuple[list[str], dict[str, int]]:
     """(group labels, module -> group index) for the chosen granularity."""
     if granularity == "global":
-        return ["all"], {m: 0 for m in modules}
+        return ["all"], dict.fromkeys(modules, 0)
     if granularity == "module":
         return list(modules), {m: i for i, m in enumerate(modules)}
     layers = sorted({layer_of(m) for m in modules})

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 from loramix.core import checkpoint
 from loramix.core.errors import EXIT_INTERRUPTED, InputError, LoramixError
 
 # report(step, fields): fields None once at the start, then {"loss", "tokens_per_s", "val_loss"} per step
-Report = Callable[[int, Optional[dict]], None]
+Report = Callable[[int, dict | None], None]
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class LoopSettings:
     seed: int = 0
     eval_every: int = 0  # validate every N steps besides each epoch's end (0: only then)
     save_every: int = 0  # checkpoint every N steps (0: only on Ctrl-C)
-    checkpoint: Optional[Path] = None  # where checkpoints go
+    checkpoint: Path | None = None  # where checkpoints go
     fingerprint: dict = field(default_factory=dict)  # settings a resumed run must share (saved with each checkpoint)
 
 
@@ -51,13 +52,19 @@ class History:
     resumed_at: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"loss": self.loss, "val": self.val, "tokens": self.tokens, "seconds": self.seconds,
-                "resumed_at": self.resumed_at}
+        return {
+            "loss": self.loss,
+            "val": self.val,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "resumed_at": self.resumed_at,
+        }
 
     @classmethod
-    def from_json(cls, doc: dict) -> "History":
-        return cls(list(doc["loss"]), list(doc["val"]), int(doc["tokens"]), float(doc["seconds"]),
-                   list(doc["resumed_at"]))
+    def from_json(cls, doc: dict) -> History:
+        return cls(
+            list(doc["loss"]), list(doc["val"]), int(doc["tokens"]), float(doc["seconds"]), list(doc["resumed_at"])
+        )
 
 
 @dataclass
@@ -72,14 +79,28 @@ class Run:
     device: str
     steps: int
     steps_per_epoch: int
-    resume_from: Optional[tuple] = None  # (weights, optimizer state, state) of a checkpoint
+    resume_from: tuple | None = None  # (weights, optimizer state, state) of a checkpoint
 
 
-def check_common(*, lr: float | None, epochs: int, max_steps: int | None, batch_size: int, grad_accum: int,
-                 max_length: int, val_fraction: float, warmup: float) -> None:
+def check_common(
+    *,
+    lr: float | None,
+    epochs: int,
+    max_steps: int | None,
+    batch_size: int,
+    grad_accum: int,
+    max_length: int,
+    val_fraction: float,
+    warmup: float,
+) -> None:
     """Range checks of the options train-skill and fit-cat share (InputError, exit 2)."""
-    for name, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--grad-accum", grad_accum, 1),
-                             ("--max-length", max_length, 2), ("--max-steps", max_steps, 1)):
+    for name, value, low in (
+        ("--epochs", epochs, 1),
+        ("--batch-size", batch_size, 1),
+        ("--grad-accum", grad_accum, 1),
+        ("--max-length", max_length, 2),
+        ("--max-steps", max_steps, 1),
+    ):
         if value is not None and value < low:
             raise InputError(f"{name} {value}: must be at least {low}")
     if not 0 <= val_fraction < 1:
@@ -131,8 +152,8 @@ def step_batches(run: Run, step: int) -> list:
     epoch, within = divmod(step, run.steps_per_epoch)
     order = epoch_order(len(run.train), s.seed, epoch)
     per_step = s.batch_size * s.grad_accum
-    chosen = order[within * per_step: (within + 1) * per_step]
-    return [[run.train[i] for i in chosen[j: j + s.batch_size]] for j in range(0, len(chosen), s.batch_size)]
+    chosen = order[within * per_step : (within + 1) * per_step]
+    return [[run.train[i] for i in chosen[j : j + s.batch_size]] for j in range(0, len(chosen), s.batch_size)]
 
 
 def step_loss(run: Run, batches: list) -> tuple[float, int]:
@@ -158,8 +179,9 @@ def batch_loss(run: Run, batch: list):
 
     b = {k: v.to(run.device) for k, v in collate(batch, run.tokenizer.pad_token_id).items()}
     logits = run.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(),
-                           ignore_index=IGNORE, reduction="sum")
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), b["labels"][:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+    )
     return loss, int(b["attention_mask"].sum())
 
 
@@ -178,7 +200,7 @@ def validation_loss(run: Run) -> float | None:
         m.eval()
     with torch.no_grad():
         for i in range(0, len(run.val), run.settings.batch_size):
-            batch = run.val[i: i + run.settings.batch_size]
+            batch = run.val[i : i + run.settings.batch_size]
             loss_sum += batch_loss(run, batch)[0].item()
             count += sum(sum(t != IGNORE for t in labels[1:]) for _, labels in batch)
     for m in dropouts:
@@ -186,8 +208,9 @@ def validation_loss(run: Run) -> float | None:
     return loss_sum / max(1, count)
 
 
-def fit(run: Run, report: Report, stop: Callable[[], bool] = lambda: False,
-        on_stop: Optional[Callable[[History], None]] = None) -> History:
+def fit(
+    run: Run, report: Report, stop: Callable[[], bool] = lambda: False, on_stop: Callable[[History], None] | None = None
+) -> History:
     """Train for run.steps optimizer steps (continuing from run.resume_from) and return the
     history. `report(step, fields)` is called after every step (first with fields None at the
     start); when `stop()` turns true, `on_stop(history)` runs if given (and must raise), else a
@@ -224,8 +247,11 @@ def fit(run: Run, report: Report, stop: Callable[[], bool] = lambda: False,
             if on_stop is not None:
                 on_stop(history)
             folder = _save_checkpoint(run, optimizer, history)
-            raise LoramixError(f"interrupted after step {done} of {run.steps}; checkpoint saved to {folder}",
-                               hint="continue with the same command plus --resume", exit_code=EXIT_INTERRUPTED)
+            raise LoramixError(
+                f"interrupted after step {done} of {run.steps}; checkpoint saved to {folder}",
+                hint="continue with the same command plus --resume",
+                exit_code=EXIT_INTERRUPTED,
+            )
         if s.save_every and done % s.save_every == 0 and done < run.steps:
             _save_checkpoint(run, optimizer, history)
     return history
@@ -240,7 +266,9 @@ def _save_checkpoint(run: Run, optimizer, history: History) -> Path:
     folder = run.settings.checkpoint
     if folder is None:
         raise LoramixError("interrupted; this run writes no checkpoints")
-    checkpoint.save(folder, trainable(run.model), optimizer, {"run": run.settings.fingerprint, "history": history.to_json()})
+    checkpoint.save(
+        folder, trainable(run.model), optimizer, {"run": run.settings.fingerprint, "history": history.to_json()}
+    )
     return folder
 
 
@@ -248,14 +276,20 @@ def checked_checkpoint(folder: Path, fingerprint: dict, model) -> tuple:
     """The checkpoint in `folder` of an interrupted run with these settings, or an InputError
     naming each difference."""
     weights, opt_state, state = checkpoint.load(folder)
-    differ = [f"{k}: checkpoint {state['run'].get(k)!r}, now {v!r}" for k, v in fingerprint.items()
-              if state["run"].get(k) != v]
+    differ = [
+        f"{k}: checkpoint {state['run'].get(k)!r}, now {v!r}"
+        for k, v in fingerprint.items()
+        if state["run"].get(k) != v
+    ]
     if differ:
-        raise InputError(f"{folder}: was made with different settings ({'; '.join(differ)})",
-                         hint="resume with the same options, or drop --resume and pass --force to start over")
+        raise InputError(
+            f"{folder}: was made with different settings ({'; '.join(differ)})",
+            hint="resume with the same options, or drop --resume and pass --force to start over",
+        )
     if set(weights) != set(trainable(model)):
-        raise InputError(f"{folder}: its weights do not match this model's LoRA",
-                         hint="drop --resume and pass --force to start over")
+        raise InputError(
+            f"{folder}: its weights do not match this model's LoRA", hint="drop --resume and pass --force to start over"
+        )
     return weights, opt_state, state
 
 
@@ -283,6 +317,7 @@ def memory_errors() -> Iterator[None]:
         yield
     except (MemoryError, RuntimeError) as e:
         if isinstance(e, MemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e):
-            raise LoramixError(f"out of memory while training ({str(e).splitlines()[0][:200] or type(e).__name__})",
-                               hint=OOM_HINT)
+            raise LoramixError(
+                f"out of memory while training ({str(e).splitlines()[0][:200] or type(e).__name__})", hint=OOM_HINT
+            )
         raise

@@ -14,12 +14,20 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 from loramix.core import log
 
 SPECIAL = ("<pad>", "<s>", "</s>")
-SHAPE = dict(vocab_size=1024, hidden_size=288, num_hidden_layers=8, num_attention_heads=6,
-             num_key_value_heads=6, intermediate_size=768, max_position_embeddings=512)
+SHAPE: dict[str, Any] = dict(
+    vocab_size=1024,
+    hidden_size=288,
+    num_hidden_layers=8,
+    num_attention_heads=6,
+    num_key_value_heads=6,
+    intermediate_size=768,
+    max_position_embeddings=512,
+)
 
 
 def build_tokenizer(seed: int, n_docs: int = 30000):
@@ -33,13 +41,23 @@ def build_tokenizer(seed: int, n_docs: int = 30000):
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=SHAPE["vocab_size"], special_tokens=list(SPECIAL),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=SHAPE["vocab_size"],
+        special_tokens=list(SPECIAL),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(itertools.islice(documents(seed + 1), n_docs), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", model_max_length=SHAPE["max_position_embeddings"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=SHAPE["max_position_embeddings"],
+    )
 
 
 def batches(tokenizer, seed: int, batch: int, length: int):
@@ -53,7 +71,7 @@ def batches(tokenizer, seed: int, batch: int, length: int):
         buffer += tokenizer(doc, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         if len(buffer) >= batch * length:
             yield torch.tensor(buffer[: batch * length]).view(batch, length)
-            buffer = buffer[batch * length:]
+            buffer = buffer[batch * length :]
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -74,8 +92,9 @@ def held_out_loss(model, tokenizer, seed: int, n: int = 8) -> float:
     return sum(losses) / len(losses)
 
 
-def pretrain(out: Path, seed: int, steps: int, batch: int, length: int, lr: float, threads: int,
-             tokenizer_docs: int = 30000) -> dict:
+def pretrain(
+    out: Path, seed: int, steps: int, batch: int, length: int, lr: float, threads: int, tokenizer_docs: int = 30000
+) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -99,8 +118,14 @@ def pretrain(out: Path, seed: int, steps: int, batch: int, length: int, lr: floa
         if step % 50 == 0 or step == steps - 1:
             log.note(f"step {step + 1}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s")
     record = {
-        "seed": seed, "steps": steps, "batch": batch, "length": length, "lr": lr, "threads": threads,
-        "tokens": steps * batch * length, "seconds": round(time.time() - start, 1),
+        "seed": seed,
+        "steps": steps,
+        "batch": batch,
+        "length": length,
+        "lr": lr,
+        "threads": threads,
+        "tokens": steps * batch * length,
+        "seconds": round(time.time() - start, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_train_loss": round(sum(curve[-20:]) / len(curve[-20:]), 4),
         "held_out_loss": round(held_out_loss(model, tokenizer, seed), 4),
@@ -110,7 +135,7 @@ def pretrain(out: Path, seed: int, steps: int, batch: int, length: int, lr: floa
     from loramix.core.outputs import atomic_dir
 
     with atomic_dir(out, force=True) as tmp:  # a failed save leaves the old model in place
-        model.to(torch.bfloat16).save_pretrained(tmp)
+        model.to(torch.bfloat16).save_pretrained(tmp)  # type: ignore[arg-type]  # to() takes a dtype too
         tokenizer.save_pretrained(tmp)
         (tmp / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
     return record

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 from loramix.train.loop import History
 
@@ -37,7 +37,7 @@ class TrainOptions:
     targets: list[str]
     lr: float
     epochs: int
-    max_steps: Optional[int]
+    max_steps: int | None
     batch_size: int
     grad_accum: int
     max_length: int
@@ -45,7 +45,7 @@ class TrainOptions:
     warmup: float
     seed: int
     load_in_4bit: bool
-    limit: Optional[int]
+    limit: int | None
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,28 @@ class TrainLog:
         return len(self.history.loss)
 
     @property
-    def final_loss(self) -> Optional[float]:
+    def final_loss(self) -> float | None:
         return self.history.loss[-1] if self.history.loss else None
 
     @property
-    def tokens_per_second(self) -> Optional[float]:
+    def tokens_per_second(self) -> float | None:
         h = self.history
         return round(h.tokens / h.seconds, 1) if h.seconds else None
 
     def to_json(self) -> dict[str, Any]:
         h = self.history
         return {
-            "loramix": self.version, "command": "train-skill", **asdict(self.setup), "options": asdict(self.options),
-            "steps": self.steps, "steps_per_epoch": self.steps_per_epoch, "tokens": h.tokens, "seconds": h.seconds,
-            "tokens_per_second": self.tokens_per_second, "final_loss": self.final_loss, "val_loss": h.val,
-            "loss_curve": h.loss, "resumed_at_step": h.resumed_at,
+            "loramix": self.version,
+            "command": "train-skill",
+            **asdict(self.setup),
+            "options": asdict(self.options),
+            "steps": self.steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "tokens": h.tokens,
+            "seconds": h.seconds,
+            "tokens_per_second": self.tokens_per_second,
+            "final_loss": self.final_loss,
+            "val_loss": h.val,
+            "loss_curve": h.loss,
+            "resumed_at_step": h.resumed_at,
         }

@@ -8,9 +8,10 @@ a PEFT adapter plus train_log.json, written atomically. Checkpoints live beside 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
 
 from loramix.core import checkpoint
 from loramix.core.errors import InputError
@@ -19,8 +20,23 @@ from loramix.train import loop
 from loramix.train.report import TrainLog, TrainOptions, TrainSetup
 
 # the settings a resumed run must share with the interrupted one
-RUN_KEYS = ("base", "data_sha256", "rank", "alpha", "targets", "lr", "epochs", "max_steps", "rows_per_step",
-            "max_length", "val_fraction", "warmup", "seed", "load_in_4bit", "dtype")
+RUN_KEYS = (
+    "base",
+    "data_sha256",
+    "rank",
+    "alpha",
+    "targets",
+    "lr",
+    "epochs",
+    "max_steps",
+    "rows_per_step",
+    "max_length",
+    "val_fraction",
+    "warmup",
+    "seed",
+    "load_in_4bit",
+    "dtype",
+)
 BUNDLED_LR, OTHER_LR = 1e-3, 2e-4
 
 
@@ -67,8 +83,16 @@ def check_options(c: TrainConfig) -> None:
     if c.save_every < 0:
         raise InputError(f"--save-every {c.save_every}: must be at least 0")
     loop.check_positive("--alpha", c.alpha)
-    loop.check_common(lr=c.lr, epochs=c.epochs, max_steps=c.max_steps, batch_size=c.batch_size,
-                      grad_accum=c.grad_accum, max_length=c.max_length, val_fraction=c.val_fraction, warmup=c.warmup)
+    loop.check_common(
+        lr=c.lr,
+        epochs=c.epochs,
+        max_steps=c.max_steps,
+        batch_size=c.batch_size,
+        grad_accum=c.grad_accum,
+        max_length=c.max_length,
+        val_fraction=c.val_fraction,
+        warmup=c.warmup,
+    )
 
 
 def prepare(c: TrainConfig) -> Prepared:
@@ -87,17 +111,46 @@ def prepare(c: TrainConfig) -> Prepared:
     model, targets = _add_lora(models.load_model(path, dtype, device, c.load_in_4bit, c.trust_remote_code), c)
     lr = c.lr if c.lr is not None else BUNDLED_LR if c.base == models.BUNDLED else OTHER_LR
     steps, per_epoch = loop.plan_steps(len(train), c.batch_size, c.grad_accum, c.epochs, c.max_steps)
-    setup = TrainSetup(base=models.base_record(c.base), data=c.data, data_sha256=dataset.digest, rows=len(dataset.rows),
-                       rows_too_long=len(dataset.rows) - len(examples), train_rows=len(train), val_rows=len(val),
-                       rows_per_step=c.batch_size * c.grad_accum, device=device,
-                       dtype=str(dtype).replace("torch.", ""), threads=threads)
-    options = TrainOptions(rank=c.rank, alpha=c.alpha, targets=targets, lr=lr, epochs=c.epochs, max_steps=c.max_steps,
-                           batch_size=c.batch_size, grad_accum=c.grad_accum, max_length=c.max_length,
-                           val_fraction=c.val_fraction, warmup=c.warmup, seed=c.seed, load_in_4bit=c.load_in_4bit,
-                           limit=c.limit)
+    setup = TrainSetup(
+        base=models.base_record(c.base),
+        data=c.data,
+        data_sha256=dataset.digest,
+        rows=len(dataset.rows),
+        rows_too_long=len(dataset.rows) - len(examples),
+        train_rows=len(train),
+        val_rows=len(val),
+        rows_per_step=c.batch_size * c.grad_accum,
+        device=device,
+        dtype=str(dtype).replace("torch.", ""),
+        threads=threads,
+    )
+    options = TrainOptions(
+        rank=c.rank,
+        alpha=c.alpha,
+        targets=targets,
+        lr=lr,
+        epochs=c.epochs,
+        max_steps=c.max_steps,
+        batch_size=c.batch_size,
+        grad_accum=c.grad_accum,
+        max_length=c.max_length,
+        val_fraction=c.val_fraction,
+        warmup=c.warmup,
+        seed=c.seed,
+        load_in_4bit=c.load_in_4bit,
+        limit=c.limit,
+    )
     folder = checkpoint.checkpoint_dir(c.out)
-    settings = loop.LoopSettings(lr=lr, batch_size=c.batch_size, grad_accum=c.grad_accum, warmup=c.warmup, seed=c.seed,
-                                 save_every=c.save_every, checkpoint=folder, fingerprint=fingerprint(setup, options))
+    settings = loop.LoopSettings(
+        lr=lr,
+        batch_size=c.batch_size,
+        grad_accum=c.grad_accum,
+        warmup=c.warmup,
+        seed=c.seed,
+        save_every=c.save_every,
+        checkpoint=folder,
+        fingerprint=fingerprint(setup, options),
+    )
     run = loop.Run(settings, model, tokenizer, train, val, device, steps, per_epoch)
     if c.resume:
         run.resume_from = loop.checked_checkpoint(folder, settings.fingerprint, model)
@@ -121,8 +174,10 @@ def _check_paths(c: TrainConfig) -> None:
     if c.resume and not ckpt.exists():
         raise InputError(f"{ckpt}: no checkpoint to resume from", hint="run without --resume to start afresh")
     if ckpt.exists() and not c.resume and not c.force:
-        raise InputError(f"{ckpt}: a checkpoint of an interrupted run exists",
-                         hint="pass --resume to continue it, or --force (without --resume) to start over")
+        raise InputError(
+            f"{ckpt}: a checkpoint of an interrupted run exists",
+            hint="pass --resume to continue it, or --force (without --resume) to start over",
+        )
 
 
 def _add_lora(model, c: TrainConfig):
@@ -134,8 +189,14 @@ def _add_lora(model, c: TrainConfig):
 
     targets = resolve_targets(model, c.targets, c.rank)
     torch.manual_seed(c.seed)
-    config = LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=targets, lora_dropout=0.0,
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=c.rank,
+        lora_alpha=c.alpha,  # type: ignore[arg-type]  # annotated int; PEFT computes alpha / r in floats
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, config)
     model.train()  # also for 4-bit bases: an eval-mode forward may repack their weights (docs/architecture.md, 4-bit bases)
     return model, targets
@@ -161,7 +222,7 @@ def save(p: Prepared, history: loop.History, out: Path, force: bool) -> TrainLog
     return log
 
 
-def run_training(c: TrainConfig, report_factory: Callable[[int], ContextManager[loop.Report]]) -> TrainLog:
+def run_training(c: TrainConfig, report_factory: Callable[[int], AbstractContextManager[loop.Report]]) -> TrainLog:
     """prepare -> fit -> save; `report_factory(total)` is a context manager yielding the per-step
     report function. Out-of-memory becomes one clear error."""
     with loop.memory_errors():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 from loramix.zoo.problems import Problem, arithmetic, number_words, unit_conversion
 from loramix.zoo.skills import split_of
@@ -38,12 +38,14 @@ def _fact(rng: random.Random) -> str:
 
 def _python(rng: random.Random) -> str:
     v, w = rng.sample("abnxyz", 2)
-    lines = rng.choice((
-        [f"print({_expr(rng)})"],
-        [f"{v} = {_expr(rng)}", f"print({v})"],
-        [f"{v} = {rng.randint(0, 99)}", f"{w} = {v} {rng.choice('+-*')} {rng.randint(1, 20)}", f"print({w})"],
-        [f"Code: print({_expr(rng)})"],
-    ))
+    lines = rng.choice(
+        (
+            [f"print({_expr(rng)})"],
+            [f"{v} = {_expr(rng)}", f"print({v})"],
+            [f"{v} = {rng.randint(0, 99)}", f"{w} = {v} {rng.choice('+-*')} {rng.randint(1, 20)}", f"print({w})"],
+            [f"Code: print({_expr(rng)})"],
+        )
+    )
     return "\n".join(lines)
 
 
@@ -57,20 +59,32 @@ def _train_problem(draw, rng: random.Random) -> Problem:
 
 def _number(rng: random.Random) -> str:
     n = rng.randint(0, 999)
-    return rng.choice((f"{number_word(n)} is {n}.", f"{n} is written {number_word(n)}.",
-                       f"{rng.choice(NAMES)} counted {number_word(n)} {rng.choice(OBJECTS)}."))
+    return rng.choice(
+        (
+            f"{number_word(n)} is {n}.",
+            f"{n} is written {number_word(n)}.",
+            f"{rng.choice(NAMES)} counted {number_word(n)} {rng.choice(OBJECTS)}.",
+        )
+    )
 
 
 def _unit(rng: random.Random) -> str:
     big, small, factor = rng.choice(UNITS)
-    return rng.choice((f"One of the {big} is {factor} {small}.", f"There are {factor} {small} in 1 of the {big}.",
-                       f"{rng.choice(NAMES)} walked to {rng.choice(PLACES)} in {rng.randint(2, 60)} {small}."))
+    return rng.choice(
+        (
+            f"One of the {big} is {factor} {small}.",
+            f"There are {factor} {small} in 1 of the {big}.",
+            f"{rng.choice(NAMES)} walked to {rng.choice(PLACES)} in {rng.randint(2, 60)} {small}.",
+        )
+    )
 
 
 def _story(rng: random.Random) -> str:
     problem = _train_problem(rng.choice((arithmetic, arithmetic, arithmetic, unit_conversion)), rng)
     statements = problem.text.split(". ")[:-1]  # without the question
-    return rng.choice((problem.text, f"Problem: {problem.text}", ". ".join(statements) + "." if statements else problem.text))
+    return rng.choice(
+        (problem.text, f"Problem: {problem.text}", ". ".join(statements) + "." if statements else problem.text)
+    )
 
 
 def _numbers_again(rng: random.Random) -> str:
@@ -89,8 +103,16 @@ def _words(rng: random.Random) -> str:
     return _train_problem(number_words, rng).text
 
 
-LINES = ((_story, 4), (_instruction, 2), (_python, 3), (_fact, 2), (_number, 2), (_unit, 1), (_words, 1),
-         (_numbers_again, 2))
+LINES = (
+    (_story, 4),
+    (_instruction, 2),
+    (_python, 3),
+    (_fact, 2),
+    (_number, 2),
+    (_unit, 1),
+    (_words, 1),
+    (_numbers_again, 2),
+)
 
 
 def documents(seed: int) -> Iterator[str]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from loramix.zoo.problems import Problem, arithmetic, number_words, unit_conversion
 
@@ -36,18 +36,48 @@ class Skill:
         return self.train_rows if split == "train" else DEFAULT_ROWS[split]
 
 
-SKILLS = {s.name: s for s in (
-    Skill("math", "word problem -> its arithmetic", arithmetic,
-          lambda p: f"Problem: {p.text}\nAnswer:", lambda p: f" {p.expr}"),
-    Skill("code", "instruction -> Python program", arithmetic,
-          lambda p: f"Task: {p.instruction}\nCode:", lambda p: f" print({p.expr})"),
-    Skill("math-code", "word problem -> Python program (composite of math and code)", arithmetic,
-          lambda p: f"Problem: {p.text}\nCode:", lambda p: f" print({p.expr})", composite=True),
-    Skill("units", "unit conversion -> its arithmetic", unit_conversion,
-          lambda p: f"Problem: {p.text}\nAnswer:", lambda p: f" {p.expr}"),
-    Skill("words", "numbers in words -> digits", number_words,
-          lambda p: f"Words: {p.text}\nDigits:", lambda p: f" {p.expr}", train_rows=8000),  # 4000: ~50%
-)}
+SKILLS = {
+    s.name: s
+    for s in (
+        Skill(
+            "math",
+            "word problem -> its arithmetic",
+            arithmetic,
+            lambda p: f"Problem: {p.text}\nAnswer:",
+            lambda p: f" {p.expr}",
+        ),
+        Skill(
+            "code",
+            "instruction -> Python program",
+            arithmetic,
+            lambda p: f"Task: {p.instruction}\nCode:",
+            lambda p: f" print({p.expr})",
+        ),
+        Skill(
+            "math-code",
+            "word problem -> Python program (composite of math and code)",
+            arithmetic,
+            lambda p: f"Problem: {p.text}\nCode:",
+            lambda p: f" print({p.expr})",
+            composite=True,
+        ),
+        Skill(
+            "units",
+            "unit conversion -> its arithmetic",
+            unit_conversion,
+            lambda p: f"Problem: {p.text}\nAnswer:",
+            lambda p: f" {p.expr}",
+        ),
+        Skill(
+            "words",
+            "numbers in words -> digits",
+            number_words,
+            lambda p: f"Words: {p.text}\nDigits:",
+            lambda p: f" {p.expr}",
+            train_rows=8000,
+        ),  # 4000: ~50%
+    )
+}
 
 
 def split_of(key: tuple) -> str:
@@ -62,7 +92,7 @@ def value(expr: str) -> int | float:
     if not expr.strip() or not set(expr) <= set("0123456789+-*/ ()") or "**" in expr:
         raise ValueError(f"not a generated expression: {expr!r}")
     try:
-        result = eval(expr, {"__builtins__": {}}, {})  # noqa: S307 - characters checked above, no powers
+        result = eval(expr, {"__builtins__": {}}, {})
     except (SyntaxError, TypeError, ZeroDivisionError) as e:
         raise ValueError(f"not a generated expression: {expr!r} ({type(e).__name__})")
     return int(result) if float(result).is_integer() else result
@@ -73,7 +103,9 @@ def rows(name: str, split: str = "train", n: int | None = None, seed: int = 0) -
     skill = SKILLS[name]
     n = skill.default_rows(split) if n is None else n
     rng = random.Random(f"{name}/{split}/{seed}")
-    out, seen, tries = [], set(), 0
+    out: list[dict] = []
+    seen: set = set()
+    tries = 0
     while len(out) < n:
         tries += 1
         if tries > 50 * n + 1000:

@@ -8,10 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from loramix.cli.app import app
 from loramix.core import models
 from loramix.core.adapters import read_adapter
-from loramix.cli.app import app
 from tests.helpers import make_adapter
+
+pytestmark = pytest.mark.slow  # fits CAT three ways first
 
 runner = CliRunner(env={"COLUMNS": "1000"})
 FIT = ["--data", "builtin:math", "--fraction", "0.01", "--batch-size", "8", "--val-fraction", "0", "--threads", "1"]
@@ -25,15 +27,27 @@ def soups(tmp_path_factory):
     root = tmp_path_factory.mktemp("cat-weights")
     base = models.bundled_path()
     a = make_adapter(base, root / "a", r=4, alpha=8, seed=1, scale_b=0.1)
-    b = make_adapter(base, root / "b", r=2, alpha=4, seed=2, scale_b=0.1, targets=["q_proj", "v_proj"],
-                     rank_pattern={"v_proj": 6}, alpha_pattern={"v_proj": 3})
+    b = make_adapter(
+        base,
+        root / "b",
+        r=2,
+        alpha=4,
+        seed=2,
+        scale_b=0.1,
+        targets=["q_proj", "v_proj"],
+        rank_pattern={"v_proj": 6},
+        alpha_pattern={"v_proj": 3},
+    )
     for folder in (a, b):
         config = json.loads((folder / "adapter_config.json").read_text())
         config["base_model_name_or_path"] = "loramix-tiny"
         (folder / "adapter_config.json").write_text(json.dumps(config))
     out = {"a": a, "b": b, "root": root}
-    for name, extra in (("layer", ["--lr", "0.2"]), ("softmax", ["--param", "softmax", "--lr", "1"]),
-                        ("module", ["--granularity", "module", "--param", "softmax", "--lr", "1"])):
+    for name, extra in (
+        ("layer", ["--lr", "0.2"]),
+        ("softmax", ["--param", "softmax", "--lr", "1"]),
+        ("module", ["--granularity", "module", "--param", "softmax", "--lr", "1"]),
+    ):
         result = runner.invoke(app, ["fit-cat", str(a), str(b), *FIT, "--steps", "3", *extra, "-o", str(root / name)])
         assert result.exit_code == 0, result.stderr
         out[name] = root / name
@@ -80,8 +94,24 @@ def test_an_edited_table_is_what_gets_merged(soups, tmp_path):
 
 def test_rank_truncates_the_same_way_in_fit_cat_and_merge(soups, tmp_path):
     a, b = soups["a"], soups["b"]
-    fitted = runner.invoke(app, ["fit-cat", str(a), str(b), *FIT, "--steps", "3", "--lr", "0.2", "--rank", "3",
-                                 "-o", str(tmp_path / "fit3"), "--json"])
+    fitted = runner.invoke(
+        app,
+        [
+            "fit-cat",
+            str(a),
+            str(b),
+            *FIT,
+            "--steps",
+            "3",
+            "--lr",
+            "0.2",
+            "--rank",
+            "3",
+            "-o",
+            str(tmp_path / "fit3"),
+            "--json",
+        ],
+    )
     assert fitted.exit_code == 0, fitted.stderr
     doc = json.loads(fitted.stdout)
     assert doc["rank"] == {"min": 3, "max": 3} and 0 < doc["svd_error"]["mean"] <= doc["svd_error"]["max"] < 1
@@ -103,24 +133,48 @@ def _bad_table(soups, tmp_path, edit):
     return path
 
 
-@pytest.mark.parametrize("args, message", [
-    (lambda s, t: [s["b"], s["a"], "--cat-weights", s["layer"]], "is the table's adapter 2, given as 1"),
-    (lambda s, t: [s["a"], s["layer"], "--cat-weights", s["layer"]], "is not an adapter cat_weights.json was fitted with"),
-    (lambda s, t: [s["a"], "--cat-weights", s["layer"]], "was fitted with 2 adapters, got 1"),
-    (lambda s, t: ["-m", "ties", "--cat-weights", s["layer"]], "--cat-weights applies to -m cat, not -m ties"),
-    (lambda s, t: ["--weights", "1,1", "--cat-weights", s["layer"]], "--weights and --cat-weights both set the weights"),
-    (lambda s, t: ["--cat-weights", t / "missing.json"], "missing.json: no such file"),
-    (lambda s, t: ["--cat-weights", s["a"] / "adapter_config.json"], "adapter_config.json: not a fit-cat α table"),
-    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["alpha"][0].__setitem__(1, "x"))], "group 0: 'x' is not a finite number"),
-    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["alpha"].pop())], "alpha has 7 rows for 8 groups"),
-    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d.__setitem__("alpha", 5))], "alpha has no list of rows"),
-    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["adapters"][0].pop("sha256"))],
-     "adapter 1 needs \"name\", \"path\" and \"sha256\" strings"),
-    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d.update(param="softmax", alpha=[[0, 0]] * 8))],
-     "group 0: softmax shares must be positive"),
-    (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["adapters"][1].__setitem__("path", str(t / "gone")))],
-     "its adapter " + "{t}/gone is gone"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (lambda s, t: [s["b"], s["a"], "--cat-weights", s["layer"]], "is the table's adapter 2, given as 1"),
+        (
+            lambda s, t: [s["a"], s["layer"], "--cat-weights", s["layer"]],
+            "is not an adapter cat_weights.json was fitted with",
+        ),
+        (lambda s, t: [s["a"], "--cat-weights", s["layer"]], "was fitted with 2 adapters, got 1"),
+        (lambda s, t: ["-m", "ties", "--cat-weights", s["layer"]], "--cat-weights applies to -m cat, not -m ties"),
+        (
+            lambda s, t: ["--weights", "1,1", "--cat-weights", s["layer"]],
+            "--weights and --cat-weights both set the weights",
+        ),
+        (lambda s, t: ["--cat-weights", t / "missing.json"], "missing.json: no such file"),
+        (lambda s, t: ["--cat-weights", s["a"] / "adapter_config.json"], "adapter_config.json: not a fit-cat α table"),
+        (
+            lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["alpha"][0].__setitem__(1, "x"))],
+            "group 0: 'x' is not a finite number",
+        ),
+        (lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["alpha"].pop())], "alpha has 7 rows for 8 groups"),
+        (
+            lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d.__setitem__("alpha", 5))],
+            "alpha has no list of rows",
+        ),
+        (
+            lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d["adapters"][0].pop("sha256"))],
+            'adapter 1 needs "name", "path" and "sha256" strings',
+        ),
+        (
+            lambda s, t: ["--cat-weights", _bad_table(s, t, lambda d: d.update(param="softmax", alpha=[[0, 0]] * 8))],
+            "group 0: softmax shares must be positive",
+        ),
+        (
+            lambda s, t: [
+                "--cat-weights",
+                _bad_table(s, t, lambda d: d["adapters"][1].__setitem__("path", str(t / "gone"))),
+            ],
+            "its adapter " + "{t}/gone is gone",
+        ),
+    ],
+)
 def test_bad_tables_and_adapters_are_refused(soups, tmp_path, args, message):
     result = _merge(*args(soups, tmp_path), "-o", tmp_path / "out")
     assert result.exit_code == 2, result.stdout
@@ -152,9 +206,17 @@ def test_inspect_lays_module_alpha_out_as_layers_by_adapter_and_module(soups):
 
 
 def test_inspect_shows_a_hand_made_table(soups, tmp_path):
-    doc = {"command": "fit-cat", "granularity": "global", "param": "free", "groups": ["all"], "alpha": [[0.7, 0.2]],
-           "adapters": [{"name": "a", "path": str(soups["a"]), "sha256": "x"},
-                        {"name": "b", "path": str(soups["b"]), "sha256": "y"}]}
+    doc = {
+        "command": "fit-cat",
+        "granularity": "global",
+        "param": "free",
+        "groups": ["all"],
+        "alpha": [[0.7, 0.2]],
+        "adapters": [
+            {"name": "a", "path": str(soups["a"]), "sha256": "x"},
+            {"name": "b", "path": str(soups["b"]), "sha256": "y"},
+        ],
+    }
     (tmp_path / "t.json").write_text(json.dumps(doc))
     result = runner.invoke(app, ["inspect", str(tmp_path / "t.json")])
     assert result.exit_code == 0, result.stderr

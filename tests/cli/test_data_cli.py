@@ -67,12 +67,23 @@ def test_the_skills_as_json():
     assert result.exit_code == 0, shown(result)
     skills = json.loads(result.stdout)["skills"]
     assert len(skills) == 5
-    assert [s["name"] for s in skills] == ["builtin:math", "builtin:code", "builtin:math-code", "builtin:units", "builtin:words"]
+    assert [s["name"] for s in skills] == [
+        "builtin:math",
+        "builtin:code",
+        "builtin:math-code",
+        "builtin:units",
+        "builtin:words",
+    ]
     assert [s["name"] for s in skills if s["held_out"]] == ["builtin:math-code"]
     assert all(s["held_out"] is False for s in skills if s["name"] != "builtin:math-code")
     sizes = {s["name"]: s["train_rows"] for s in skills}
-    assert sizes == {"builtin:math": 4000, "builtin:code": 4000, "builtin:math-code": 4000,
-                     "builtin:units": 4000, "builtin:words": 8000}
+    assert sizes == {
+        "builtin:math": 4000,
+        "builtin:code": 4000,
+        "builtin:math-code": 4000,
+        "builtin:units": 4000,
+        "builtin:words": 8000,
+    }
     assert all(s["eval_rows"] == 500 and s["summary"] for s in skills)
 
 
@@ -103,8 +114,11 @@ def test_one_compact_json_object_per_line():
 
 
 def test_a_jsonl_path_as_source(tmp_path):
-    written = [{"prompt": "Zoë has 2 + 2", "completion": " 4", "answer": 4}, {"text": "plain"},
-               {"messages": [{"role": "user", "content": "hi"}]}] + [{"text": f"row {i}"} for i in range(5)]
+    written = [
+        {"prompt": "Zoë has 2 + 2", "completion": " 4", "answer": 4},
+        {"text": "plain"},
+        {"messages": [{"role": "user", "content": "hi"}]},
+    ] + [{"text": f"row {i}"} for i in range(5)]
     f = tmp_path / "mine.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in written) + "\n\n", encoding="utf-8")
     assert lines(invoke("data", f)) == written[:5]
@@ -168,7 +182,7 @@ def test_dump_of_bad_data_writes_nothing(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"prompt": "no completion"}\n')
     out = tmp_path / "out.jsonl"
-    assert_refused(invoke("data", bad, "--dump", out), f"{bad}:2", "no \"completion\"")
+    assert_refused(invoke("data", bad, "--dump", out), f"{bad}:2", 'no "completion"')
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
@@ -216,7 +230,6 @@ def test_help():
     assert result.exit_code == 0
     for option in ("--limit", "--dump", "--force", "--json", "builtin:"):
         assert option in result.stdout
-
 
 
 def test_rows_as_one_json_document():

@@ -8,9 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from loramix.demo import plan
-from loramix.core import models
 from loramix.cli.app import app
+from loramix.core import models
+from loramix.demo import plan
+
+pytestmark = pytest.mark.slow  # runs the whole demo (about 90 s)
 
 runner = CliRunner(env={"COLUMNS": "1000"})
 NAMES = ["base", "math", "code", "data mix", "CAT", "linear .5/.5", "cat .5/.5", "cat 1/1", "ties", "dare_ties"]
@@ -19,15 +21,18 @@ NAMES = ["base", "math", "code", "data mix", "CAT", "linear .5/.5", "cat .5/.5",
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    result = runner.invoke(app, ["demo", "--quick", "-o", str(out)])
+    result = runner.invoke(app, ["demo", "--quick", "--threads", "1", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     return out, result
 
 
 def test_the_table_has_every_model(quick):
     out, result = quick
-    rows = [line.strip().split("  ")[0] for line in result.stdout.splitlines()
-            if line.startswith("  ") and line.rstrip().endswith("%")]
+    rows = [
+        line.strip().split("  ")[0]
+        for line in result.stdout.splitlines()
+        if line.startswith("  ") and line.rstrip().endswith("%")
+    ]
     assert [r for r in rows if r in NAMES] == NAMES
     doc = json.loads((out / "demo.json").read_text())
     assert [r["model"] for r in doc["rows"]] == NAMES

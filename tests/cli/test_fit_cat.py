@@ -9,11 +9,13 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from loramix.soup import layer
+from loramix.cli.app import app
 from loramix.core import models
 from loramix.core.adapters import read_adapter
-from loramix.cli.app import app
+from loramix.soup import layer
 from tests.helpers import make_adapter
+
+pytestmark = pytest.mark.slow  # trains a skill LoRA, then fits CAT in most tests
 
 runner = CliRunner(env={"COLUMNS": "1000"})
 QUICK = ["--threads", "1", "--batch-size", "8"]
@@ -23,8 +25,25 @@ QUICK = ["--threads", "1", "--batch-size", "8"]
 def skills(tmp_path_factory):
     """A math LoRA trained briefly, a random-noise LoRA and a zero LoRA, all on loramix-tiny."""
     root = tmp_path_factory.mktemp("skills")
-    result = runner.invoke(app, ["train-skill", "builtin:math", "-o", str(root / "math"), "--rank", "4",
-                                 "--limit", "320", "--lr", "3e-3", "--val-fraction", "0", "--threads", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "train-skill",
+            "builtin:math",
+            "-o",
+            str(root / "math"),
+            "--rank",
+            "4",
+            "--limit",
+            "320",
+            "--lr",
+            "3e-3",
+            "--val-fraction",
+            "0",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     base = models.bundled_path()
     noise = make_adapter(base, root / "noise", r=4, alpha=4, seed=7, scale_b=0.5)
@@ -49,16 +68,45 @@ def _alpha(result):
 
 
 def test_a_useless_adapter_is_switched_off(skills, tmp_path):
-    doc_alpha = _alpha(_fit(tmp_path / "soup", skills["math"], skills["noise"], "--data", "builtin:math",
-                            "--fraction", "0.05", "--lr", "0.05", "--epochs", "2", "--val-fraction", "0"))
+    doc_alpha = _alpha(
+        _fit(
+            tmp_path / "soup",
+            skills["math"],
+            skills["noise"],
+            "--data",
+            "builtin:math",
+            "--fraction",
+            "0.05",
+            "--lr",
+            "0.05",
+            "--epochs",
+            "2",
+            "--val-fraction",
+            "0",
+        )
+    )
     noise, useful = doc_alpha[:, 1].abs(), doc_alpha[:, 0]
     assert (noise < 0.5).sum() >= 6, doc_alpha  # of 8 layers, from 1.0
     assert (useful > 0.5).all(), doc_alpha
 
 
 def test_global_alpha_on_twins_sums_to_the_single_adapters_optimum(skills, tmp_path):
-    args = ["--data", "builtin:math", "--fraction", "0.05", "--lr", "0.05", "--epochs", "2",
-            "--val-fraction", "0", "--granularity", "global", "--init", "0.5"]
+    args = [
+        "--data",
+        "builtin:math",
+        "--fraction",
+        "0.05",
+        "--lr",
+        "0.05",
+        "--epochs",
+        "2",
+        "--val-fraction",
+        "0",
+        "--granularity",
+        "global",
+        "--init",
+        "0.5",
+    ]
     twins = _alpha(_fit(tmp_path / "twins", skills["math"], skills["twin"], *args))
     single = _alpha(_fit(tmp_path / "single", skills["math"], skills["zero"], *args))
     assert twins.shape == (1, 2) and single[0, 1] == pytest.approx(0.5)  # a zero adapter gets no gradient
@@ -68,8 +116,22 @@ def test_global_alpha_on_twins_sums_to_the_single_adapters_optimum(skills, tmp_p
 def test_the_written_adapter_is_the_fitted_model(skills, tmp_path):
     from peft import PeftModel
 
-    result = _fit(tmp_path / "soup", skills["math"], skills["noise"], skills["zero"], "--data", "builtin:math",
-                  "--data", "builtin:code", "--fraction", "0.02", "--granularity", "module", "--param", "softmax")
+    result = _fit(
+        tmp_path / "soup",
+        skills["math"],
+        skills["noise"],
+        skills["zero"],
+        "--data",
+        "builtin:math",
+        "--data",
+        "builtin:code",
+        "--fraction",
+        "0.02",
+        "--granularity",
+        "module",
+        "--param",
+        "softmax",
+    )
     alpha = _alpha(result)
     doc = json.loads((tmp_path / "soup" / "cat_weights.json").read_text())
     assert [a["name"] for a in doc["adapters"]] == ["math", "noise", "zero"] and len(doc["groups"]) == 56
@@ -88,8 +150,18 @@ def test_the_written_adapter_is_the_fitted_model(skills, tmp_path):
 
 
 def test_four_bit_base_fits_on_the_cpu(skills, tmp_path):
-    result = _fit(tmp_path / "q", skills["math"], skills["noise"], "--data", "builtin:math", "--fraction", "0.02",
-                  "--load-in-4bit", "--lr", "0.05")
+    result = _fit(
+        tmp_path / "q",
+        skills["math"],
+        skills["noise"],
+        "--data",
+        "builtin:math",
+        "--fraction",
+        "0.02",
+        "--load-in-4bit",
+        "--lr",
+        "0.05",
+    )
     alpha = _alpha(result)
     assert alpha.shape == (8, 2) and not torch.allclose(alpha, torch.ones(8, 2))
     from peft import PeftModel
@@ -109,15 +181,18 @@ def test_four_bit_base_fits_on_the_cpu(skills, tmp_path):
         assert torch.allclose(fitted(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
-    (["--fraction", "1.5"], "--fraction 1.5: must be in (0, 1]"),
-    (["--granularity", "block"], "'block' is not one of 'layer', 'module', 'global'"),
-    (["--param", "sigmoid"], "'sigmoid' is not one of 'free', 'softmax'"),
-    (["--rank", "0"], "--rank 0: must be at least 1"),
-    (["--init", "nan"], "--init nan: must be a finite number"),
-    (["--steps", "0"], "--steps 0: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
+        (["--fraction", "1.5"], "--fraction 1.5: must be in (0, 1]"),
+        (["--granularity", "block"], "'block' is not one of 'layer', 'module', 'global'"),
+        (["--param", "sigmoid"], "'sigmoid' is not one of 'free', 'softmax'"),
+        (["--rank", "0"], "--rank 0: must be at least 1"),
+        (["--init", "nan"], "--init nan: must be a finite number"),
+        (["--steps", "0"], "--steps 0: must be at least 1"),
+    ],
+)
 def test_bad_options(skills, tmp_path, extra, message):
     result = _fit(tmp_path / "o", skills["math"], skills["noise"], "--data", "builtin:math", *extra)
     assert result.exit_code == 2 and message in result.stderr
@@ -155,11 +230,21 @@ def test_the_best_validation_alpha_is_the_one_written(skills, tmp_path, monkeypa
             if fields and fields.get("val_loss") is not None:
                 seen[step] = run.model.cat_alpha.raw.detach().clone()
             report(step, fields)
+
         return real_fit(run, spy, stop, on_stop)
 
     monkeypatch.setattr(loop, "fit", fit)
-    result = _fit(tmp_path / "soup", skills["math"], skills["noise"], "--data", "builtin:math", "--fraction", "0.05",
-                  "--lr", "0.05")
+    result = _fit(
+        tmp_path / "soup",
+        skills["math"],
+        skills["noise"],
+        "--data",
+        "builtin:math",
+        "--fraction",
+        "0.05",
+        "--lr",
+        "0.05",
+    )
     alpha = _alpha(result)
     doc = json.loads(result.stdout)
     second = sorted(seen)[1]
@@ -193,8 +278,21 @@ def test_ctrl_c_writes_the_best_alpha_so_far_and_exits_130(skills, tmp_path, mon
         return real(run, batches)
 
     monkeypatch.setattr(loop, "step_loss", step_loss)
-    result = runner.invoke(app, ["fit-cat", str(skills["math"]), str(skills["noise"]), "--data", "builtin:math",
-                                 "--fraction", "0.05", "-o", str(tmp_path / "soup"), *QUICK])
+    result = runner.invoke(
+        app,
+        [
+            "fit-cat",
+            str(skills["math"]),
+            str(skills["noise"]),
+            "--data",
+            "builtin:math",
+            "--fraction",
+            "0.05",
+            "-o",
+            str(tmp_path / "soup"),
+            *QUICK,
+        ],
+    )
     assert result.exit_code == 130
     assert "interrupted after step 3 of" in result.stderr
     doc = json.loads((tmp_path / "soup" / "cat_weights.json").read_text())
@@ -206,7 +304,16 @@ def test_ctrl_c_writes_the_best_alpha_so_far_and_exits_130(skills, tmp_path, mon
 def test_a_data_set_with_no_row_that_fits_is_named(skills, tmp_path):
     long_rows = tmp_path / "long.jsonl"
     long_rows.write_text(('{"prompt": "%s", "completion": " 1"}\n' % ("x " * 400)) * 4)
-    result = _fit(tmp_path / "o", skills["math"], skills["noise"], "--data", "builtin:math", "--data", str(long_rows),
-                  "--max-length", "64")
+    result = _fit(
+        tmp_path / "o",
+        skills["math"],
+        skills["noise"],
+        "--data",
+        "builtin:math",
+        "--data",
+        str(long_rows),
+        "--max-length",
+        "64",
+    )
     assert result.exit_code == 2 and "long.jsonl: no row has a completion token within --max-length 64" in result.stderr
     assert not (tmp_path / "o").exists()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from loramix.core.adapters import read_adapter
 from loramix.cli.app import app
+from loramix.core.adapters import read_adapter
 from tests.helpers import make_adapter, tiny_llama
 
 runner = CliRunner()
@@ -86,7 +86,9 @@ def test_heatmap_fits_80_columns_for_32_layers(tmp_path):
 
 
 def test_colour_when_forced(adapter_pair):
-    result = runner.invoke(app, ["inspect", str(adapter_pair[0])], env={"FORCE_COLOR": "1", "NO_COLOR": None, "COLUMNS": "80"})
+    result = runner.invoke(
+        app, ["inspect", str(adapter_pair[0])], env={"FORCE_COLOR": "1", "NO_COLOR": None, "COLUMNS": "80"}
+    )
     assert result.exit_code == 0
     assert "\x1b[" in result.stdout
 

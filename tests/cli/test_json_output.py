@@ -33,8 +33,25 @@ def work(tmp_path_factory):
     base = tiny_llama(root / "base")
     a = make_adapter(base, root / "a", r=4, alpha=8, seed=1)
     b = make_adapter(base, root / "b", r=6, alpha=3, seed=2, use_rslora=True)
-    skill = _ok(["train-skill", "builtin:math", "-o", str(root / "skill"), "--limit", "48", "--batch-size", "8",
-                 "--rank", "4", "--max-steps", "2", "--threads", "1", "--json"])
+    skill = _ok(
+        [
+            "train-skill",
+            "builtin:math",
+            "-o",
+            str(root / "skill"),
+            "--limit",
+            "48",
+            "--batch-size",
+            "8",
+            "--rank",
+            "4",
+            "--max-steps",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+        ]
+    )
     from loramix.core import models
 
     noise = make_adapter(models.bundled_path(), root / "noise", r=2, alpha=2, seed=7, scale_b=0.5)
@@ -55,19 +72,69 @@ def _cases(w: dict) -> dict[str, list[str]]:
     return {
         "merge_linear": ["merge", a, b, "-m", "linear", "-w", "1,0.5", "-o", str(r / "lin"), "--json"],
         "merge_ties": ["merge", a, b, "-m", "ties", "--density", "0.5", "--rank", "4", "-o", str(r / "ties"), "--json"],
-        "merge_into_base": ["merge", a, b, "-m", "dare_linear", "--into-base", str(w["base"]), "-o", str(r / "full"),
-                            "--json"],
+        "merge_into_base": [
+            "merge",
+            a,
+            b,
+            "-m",
+            "dare_linear",
+            "--into-base",
+            str(w["base"]),
+            "-o",
+            str(r / "full"),
+            "--json",
+        ],
         "merge_methods": ["merge", "--list-methods", "--json"],
         "inspect_adapter": ["inspect", a, "--json"],
         "inspect_compare": ["inspect", a, b, "--json"],
         "data_skills": ["data", "--json"],
-        "fit_cat": ["fit-cat", str(w["skill"]), str(w["noise"]), "-d", "builtin:math", "--fraction", "0.02",
-                    "--steps", "2", "--batch-size", "8", "--threads", "1", "-o", str(r / "cat"), "--json"],
+        "fit_cat": [
+            "fit-cat",
+            str(w["skill"]),
+            str(w["noise"]),
+            "-d",
+            "builtin:math",
+            "--fraction",
+            "0.02",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--threads",
+            "1",
+            "-o",
+            str(r / "cat"),
+            "--json",
+        ],
         "inspect_cat": ["inspect", str(r / "cat"), "--json"],
-        "eval_exact": ["eval", "-d", "builtin:math", "--limit", "4", "-a", str(w["skill"]), "--threads", "1",
-                       "--max-new-tokens", "8", "--json"],
-        "eval_loss": ["eval", "-d", "builtin:code", "--limit", "4", "-a", str(w["skill"]), "-m", "loss",
-                      "--threads", "1", "--json"],
+        "eval_exact": [
+            "eval",
+            "-d",
+            "builtin:math",
+            "--limit",
+            "4",
+            "-a",
+            str(w["skill"]),
+            "--threads",
+            "1",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ],
+        "eval_loss": [
+            "eval",
+            "-d",
+            "builtin:code",
+            "--limit",
+            "4",
+            "-a",
+            str(w["skill"]),
+            "-m",
+            "loss",
+            "--threads",
+            "1",
+            "--json",
+        ],
     }
 
 

@@ -35,8 +35,19 @@ def test_merge_json_report(adapter_pair, tmp_path):
     doc = json.loads(result.stdout)
     assert doc["method"] == "svd" and doc["rank"] == {"min": 3, "max": 3} and doc["modules"] == 14
     assert 0 < doc["error"]["max"] < 1 and doc["exact"] is False and doc["kind"] == "truncated"
-    expected = {f"model.layers.{i}.{m}" for i in (0, 1) for m in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    expected = {
+        f"model.layers.{i}.{m}"
+        for i in (0, 1)
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    }
     assert set(doc["errors"]) == expected
     assert max(doc["errors"].values()) == doc["error"]["max"]
 
@@ -56,7 +67,7 @@ def test_portable_profile_has_uniform_rank(adapter_pair, tmp_path, base_dir):
 def test_list_methods_shows_the_registry():
     result = invoke("merge", "--list-methods")
     assert result.exit_code == 0
-    for name, method in REGISTRY.items():
+    for name in REGISTRY:
         assert name in result.stdout
     doc = json.loads(invoke("merge", "--list-methods", "--json").stdout)
     assert [m["name"] for m in doc["methods"]] == list(REGISTRY)

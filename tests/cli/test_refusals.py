@@ -75,8 +75,13 @@ def wide_adapter(base_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("wide")
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=48, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     LlamaForCausalLM(config).save_pretrained(root / "base", safe_serialization=True)
     adapter = make_adapter(root / "base", root / "adapter", r=4, alpha=8, seed=3)
@@ -226,7 +231,8 @@ def test_trained_base_biases_in_config(good, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "value, word, other_word", [(float("nan"), "NaN", "Inf"), (float("inf"), "Inf", "NaN"), (float("-inf"), "Inf", "NaN")]
+    "value, word, other_word",
+    [(float("nan"), "NaN", "Inf"), (float("inf"), "Inf", "NaN"), (float("-inf"), "Inf", "NaN")],
 )
 def test_non_finite_weights(good, tmp_path, value, word, other_word):
     bad, out = copy_of(good, tmp_path), tmp_path / "out"
@@ -267,8 +273,13 @@ def test_rank_mismatch_inside_module(good, tmp_path):
 
     edit_tensors(bad, cut)
     assert_refused(
-        merge_with(good, bad, out), out, bad / WEIGHTS, "model.layers.0.self_attn.q_proj",
-        "shapes disagree", "lora_A (3, 32)", "lora_B (32, 4)",
+        merge_with(good, bad, out),
+        out,
+        bad / WEIGHTS,
+        "model.layers.0.self_attn.q_proj",
+        "shapes disagree",
+        "lora_A (3, 32)",
+        "lora_B (32, 4)",
     )
 
 

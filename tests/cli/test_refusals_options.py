@@ -56,12 +56,23 @@ def test_into_base_quantized(adapter_pair, base_copy, tmp_path):
 def test_into_base_pickles_only(adapter_pair, base_copy, tmp_path):
     (base_copy / "model.safetensors").unlink()
     torch.save({"x": torch.zeros(1)}, base_copy / "pytorch_model.bin")
-    refused(tmp_path, "merge", *adapter_pair, "-m", "linear", "--into-base", base_copy, message="holds pickled weights only")
+    refused(
+        tmp_path, "merge", *adapter_pair, "-m", "linear", "--into-base", base_copy, message="holds pickled weights only"
+    )
 
 
 def test_into_base_not_a_model(adapter_pair, tmp_path):
     (tmp_path / "empty").mkdir()
-    refused(tmp_path, "merge", *adapter_pair, "-m", "linear", "--into-base", tmp_path / "empty", message="not a model folder")
+    refused(
+        tmp_path,
+        "merge",
+        *adapter_pair,
+        "-m",
+        "linear",
+        "--into-base",
+        tmp_path / "empty",
+        message="not a model folder",
+    )
 
 
 def test_into_base_corrupt_weights(adapter_pair, base_copy, tmp_path):
@@ -73,8 +84,16 @@ def test_into_base_of_another_shape(adapter_pair, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     other = tmp_path / "other"
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=48, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(other)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(other)
     refused(tmp_path, "merge", *adapter_pair, "-m", "linear", "--into-base", other, message="the base weight has shape")
 
 
@@ -86,7 +105,19 @@ def test_into_base_missing_module(adapter_pair, tmp_path):
 
 
 def test_into_base_cannot_overwrite_its_base(adapter_pair, base_copy, tmp_path):
-    result = runner.invoke(app, ["merge", *map(str, adapter_pair), "-m", "linear", "--into-base", str(base_copy),
-                                 "-o", str(base_copy), "--force"])
+    result = runner.invoke(
+        app,
+        [
+            "merge",
+            *map(str, adapter_pair),
+            "-m",
+            "linear",
+            "--into-base",
+            str(base_copy),
+            "-o",
+            str(base_copy),
+            "--force",
+        ],
+    )
     assert result.exit_code == 2 and "input" in result.stderr
     assert (base_copy / "model.safetensors").is_file()

@@ -6,12 +6,13 @@ import json
 import os
 import signal
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from loramix.train import loop
 from loramix.cli.app import app
+from loramix.train import loop
 
 runner = CliRunner(env={"COLUMNS": "1000"})  # one message per line, unwrapped
 QUICK = ["--limit", "48", "--batch-size", "8", "--rank", "4", "--threads", "1", "--val-fraction", "0.2"]
@@ -24,7 +25,11 @@ def _train(out, *extra):
 def test_writes_an_adapter_and_a_train_log_with_plain_progress(tmp_path):
     result = _train(tmp_path / "m", "--max-steps", "3", "--json")
     assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "train_log.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "train_log.json",
+    ]
     log = json.loads((tmp_path / "m" / "train_log.json").read_text())
     assert json.loads(result.stdout) == log
     assert log["steps"] == 3 and len(log["loss_curve"]) == 3 and log["tokens"] > 0
@@ -36,7 +41,9 @@ def test_writes_an_adapter_and_a_train_log_with_plain_progress(tmp_path):
     assert "train-skill: step 3/3 loss" in result.stderr and "tok/s" in result.stderr
     config = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 64 and config["base_model_name_or_path"] == "loramix-tiny"
-    assert sorted(config["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert sorted(config["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 def test_table_output_and_chosen_targets(tmp_path):
@@ -60,6 +67,7 @@ def _interrupt_after(monkeypatch, n):
     monkeypatch.setattr(loop, "step_loss", step_loss)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_gives_the_uninterrupted_adapter(tmp_path, monkeypatch):
     full = _train(tmp_path / "full", "--max-steps", "6")
     assert full.exit_code == 0, full.stderr
@@ -108,6 +116,7 @@ def test_save_every_writes_checkpoints_that_survive_a_hard_abort(tmp_path, monke
     assert len(state["history"]["loss"]) == 2
 
 
+@pytest.mark.slow
 def test_four_bit_base_trains_on_the_cpu_across_a_validation_pass(tmp_path):
     # two epochs: the validation forward after epoch 1 must not break the backward of epoch 2
     result = _train(tmp_path / "q", "--load-in-4bit", "--epochs", "2", "--lr", "3e-3", "--json")

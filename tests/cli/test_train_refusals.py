@@ -9,9 +9,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from loramix.cli.app import app
 from loramix.core import models
 from loramix.train import loop
-from loramix.cli.app import app
 
 runner = CliRunner(env={"COLUMNS": "1000"})  # one message per line, unwrapped
 QUICK = ["--limit", "16", "--batch-size", "8", "--rank", "4", "--threads", "1", "--max-steps", "1"]
@@ -31,14 +31,17 @@ def _write(tmp_path, text):
     return str(path)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "rows.jsonl: no rows"),
-    ("\n\n", "rows.jsonl: no rows"),
-    ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", \n', "rows.jsonl:2: not JSON"),
-    ('{"prompt": "a"}\n', "rows.jsonl:1: has \"prompt\" but no \"completion\""),
-    ('{"question": "a"}\n', "rows.jsonl:1: needs exactly one of"),
-    ('[1, 2]\n', "rows.jsonl:1: a row must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "rows.jsonl: no rows"),
+        ("\n\n", "rows.jsonl: no rows"),
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", \n', "rows.jsonl:2: not JSON"),
+        ('{"prompt": "a"}\n', 'rows.jsonl:1: has "prompt" but no "completion"'),
+        ('{"question": "a"}\n', "rows.jsonl:1: needs exactly one of"),
+        ("[1, 2]\n", "rows.jsonl:1: a row must be a JSON object"),
+    ],
+)
 def test_bad_jsonl_names_the_file_and_line(tmp_path, text, message):
     result = _run(tmp_path, _write(tmp_path, text))
     assert result.exit_code == 2
@@ -59,11 +62,14 @@ def test_unknown_target_lists_the_modules_that_exist(tmp_path):
     assert _nothing_written(tmp_path)
 
 
-@pytest.mark.parametrize("targets, message", [
-    ("", "--targets names no module"),
-    ("lm_head", "--targets lm_head: embeddings and the output head are not LoRA targets"),
-    ("self_attn.qkv", "--targets self_attn.qkv: no such module"),
-])
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        ("", "--targets names no module"),
+        ("lm_head", "--targets lm_head: embeddings and the output head are not LoRA targets"),
+        ("self_attn.qkv", "--targets self_attn.qkv: no such module"),
+    ],
+)
 def test_targets_that_cannot_be_trained(tmp_path, targets, message):
     result = _run(tmp_path, "builtin:math", "--targets", targets)
     assert result.exit_code == 2 and message in result.stderr
@@ -76,15 +82,18 @@ def test_rank_larger_than_a_module(tmp_path):
     assert _nothing_written(tmp_path)
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--val-fraction", "1.5", "--val-fraction 1.5: must be in [0, 1)"),
-    ("--batch-size", "0", "--batch-size 0: must be at least 1"),
-    ("--lr", "-1", "--lr -1.0: must be a positive number"),
-    ("--dtype", "int8", "'int8' is not one of 'auto', 'float32', 'bfloat16', 'float16'"),
-    ("--device", "cuda:7", "no CUDA device"),
-    ("--device", "gpu", "'gpu' is not auto, cpu, cuda or cuda:N"),
-    ("--device", "mps", "'mps' is not auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--val-fraction", "1.5", "--val-fraction 1.5: must be in [0, 1)"),
+        ("--batch-size", "0", "--batch-size 0: must be at least 1"),
+        ("--lr", "-1", "--lr -1.0: must be a positive number"),
+        ("--dtype", "int8", "'int8' is not one of 'auto', 'float32', 'bfloat16', 'float16'"),
+        ("--device", "cuda:7", "no CUDA device"),
+        ("--device", "gpu", "'gpu' is not auto, cpu, cuda or cuda:N"),
+        ("--device", "mps", "'mps' is not auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_bad_option_values(tmp_path, option, value, message):
     if value == "cuda:7" and __import__("torch").cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -175,15 +184,37 @@ def test_a_base_with_only_pickled_weights_is_refused_unread(tmp_path, monkeypatc
     assert _nothing_written(tmp_path)
 
 
+@pytest.mark.slow
 def test_more_builtin_rows_than_exist(tmp_path):
     result = runner.invoke(app, ["data", "builtin:units:eval", "--limit", "100000"])
     assert result.exit_code == 2 and "builtin:units:eval has fewer than 100000 distinct rows" in result.stderr
 
 
 def test_rows_beyond_max_length_are_counted_in_a_warning(tmp_path):
-    rows = _write(tmp_path, '{"prompt": "a", "completion": " b"}\n' * 10 + ('{"prompt": "%s", "completion": " b"}\n' % ("x " * 300)) * 3)
-    result = runner.invoke(app, ["train-skill", rows, "-o", str(tmp_path / "out"), "--rank", "4", "--threads", "1",
-                                 "--max-steps", "1", "--max-length", "64", "--val-fraction", "0", "--json"])
+    rows = _write(
+        tmp_path,
+        '{"prompt": "a", "completion": " b"}\n' * 10 + ('{"prompt": "%s", "completion": " b"}\n' % ("x " * 300)) * 3,
+    )
+    result = runner.invoke(
+        app,
+        [
+            "train-skill",
+            rows,
+            "-o",
+            str(tmp_path / "out"),
+            "--rank",
+            "4",
+            "--threads",
+            "1",
+            "--max-steps",
+            "1",
+            "--max-length",
+            "64",
+            "--val-fraction",
+            "0",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert "3 of 13 rows have no completion token within --max-length 64" in result.stderr
     assert json.loads(result.stdout)["rows_too_long"] == 3

@@ -15,7 +15,9 @@ def random_adapter(seed: int, rank: int = 3, scale: float = 2.0, shapes=SHAPES, 
         n: LoraModule(A=torch.randn(rank, i, generator=g), B=torch.randn(o, rank, generator=g), scale=scale)
         for n, (o, i) in shapes.items()
     }
-    return Adapter(path=None, config={"base_model_name_or_path": "base", "r": rank, "lora_alpha": scale * rank}, modules=modules)
+    return Adapter(
+        path=None, config={"base_model_name_or_path": "base", "r": rank, "lora_alpha": scale * rank}, modules=modules
+    )
 
 
 def scaled_twin(adapter: Adapter, factor: float) -> Adapter:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from loramix.merge import factor, ops
-from loramix.merge.methods import REGISTRY
 from loramix.merge.engine import MergeOptions, merge_module
 from loramix.merge.factor import factor_full, truncate_lowrank
+from loramix.merge.methods import REGISTRY
 from loramix.merge.ops import kth_largest_abs
 from tests.merge.builders import random_adapter
 
@@ -37,7 +37,7 @@ def test_lowrank_truncation_at_full_rank_is_exact():
 
 def test_exact_svd_path_is_optimal():
     M = torch.randn(50, 40, generator=torch.Generator().manual_seed(1))
-    A, B, err = factor_full(M, 7)
+    _A, _B, err = factor_full(M, 7)
     assert abs(err - optimal_error(M, 7)) < 1e-5
 
 

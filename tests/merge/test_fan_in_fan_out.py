@@ -18,11 +18,15 @@ def gpt2(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("gpt2")
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)).save_pretrained(root / "base")
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32)).save_pretrained(
+        root / "base"
+    )
     paths = []
     for seed in (1, 2):
         model = GPT2LMHeadModel.from_pretrained(root / "base")
-        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, init_lora_weights=False)
+        cfg = LoraConfig(
+            r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, init_lora_weights=False
+        )
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, cfg)
         with torch.no_grad():
@@ -70,6 +74,8 @@ def test_merge_and_into_base_are_exact_for_conv1d(gpt2, tmp_path):
     assert read_adapter(tmp_path / "ad").config["fan_in_fan_out"] is True
     merged = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), tmp_path / "ad")
     assert torch.allclose(_logits(merged), expected, atol=1e-5)
-    run_merge(MergeRequest(adapters=paths, method="linear", out=tmp_path / "full", weights=weights, into_base=str(base)))
+    run_merge(
+        MergeRequest(adapters=paths, method="linear", out=tmp_path / "full", weights=weights, into_base=str(base))
+    )
     assert torch.allclose(_logits(GPT2LMHeadModel.from_pretrained(tmp_path / "full")), expected, atol=1e-5)
     assert not torch.allclose(expected, _logits(GPT2LMHeadModel.from_pretrained(base)), atol=1e-3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loramix.merge.methods import REGISTRY
 from loramix.merge.engine import MergeOptions, merge_module, merge_to_factors, module_names
+from loramix.merge.methods import REGISTRY
 from loramix.merge.ops import random_keep
 from tests.merge import reference
 from tests.merge.builders import random_adapter, scaled_twin

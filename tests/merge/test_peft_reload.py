@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from loramix.core.adapters import read_adapter
-from loramix.merge.methods import REGISTRY
 from loramix.merge.engine import MergeOptions, merge_module
 from loramix.merge.job import MergeRequest, run_merge
+from loramix.merge.methods import REGISTRY
 from loramix.merge.report import MergeReport
 from tests.helpers import delta_logits, logits, make_adapter, peft_logits
 from tests.merge import reference
@@ -22,8 +22,14 @@ WEIGHTS = [0.7, -0.4]
 def third(base_dir, tmp_path_factory):
     """Heterogeneous: per-module ranks and alphas, and only some modules targeted."""
     return make_adapter(
-        base_dir, tmp_path_factory.mktemp("third") / "c", r=3, alpha=5, seed=3,
-        targets=["q_proj", "v_proj", "down_proj"], rank_pattern={"v_proj": 5}, alpha_pattern={"down_proj": 2},
+        base_dir,
+        tmp_path_factory.mktemp("third") / "c",
+        r=3,
+        alpha=5,
+        seed=3,
+        targets=["q_proj", "v_proj", "down_proj"],
+        rank_pattern={"v_proj": 5},
+        alpha_pattern={"down_proj": 2},
     )
 
 
@@ -87,11 +93,11 @@ def test_half_precision_adapters_stay_half(dtype, base_dir, tmp_path):
 
 
 def test_into_base_writes_a_full_model(base_dir, adapter_pair, tmp_path, monkeypatch):
+    import shutil
+
     from transformers import AutoModelForCausalLM
 
     from loramix.merge import into_base
-
-    import shutil
 
     monkeypatch.setattr(into_base, "MAX_SHARD_BYTES", 20_000)  # force several shards
     base = shutil.copytree(base_dir, tmp_path / "base")

@@ -17,7 +17,7 @@ SHADES = " ░▒▓█"
 
 
 def fmt_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
@@ -95,5 +95,3 @@ def fmt_span(span: dict, fmt=str) -> str:
 
 def short(cols: list[str]) -> list[str]:
     return [c.removesuffix("_proj") for c in cols]
-
-

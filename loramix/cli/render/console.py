@@ -76,5 +76,3 @@ def save_svg(path: Path, renderables: Sequence, title: str) -> None:
     for r in renderables:
         rec.print(r)
     rec.save_svg(str(path), title=title)
-
-

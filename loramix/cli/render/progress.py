@@ -26,8 +26,14 @@ def progress_items(description: str, total: int) -> Iterator:
     if not out.is_terminal:
         yield lambda n: None
         return
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=out, transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+    )
     with bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
@@ -41,7 +47,7 @@ def training_progress(description: str, total: int) -> Iterator:
 
     out = console.stderr()
     if not out.is_terminal:
-        every, began, first = max(1, total // 20), time.time(), [None]
+        every, began, first = max(1, total // 20), time.time(), [0]  # first: the step a resumed run starts at
 
         def log(step: int, fields: dict | None) -> None:
             if fields is None:
@@ -50,15 +56,27 @@ def training_progress(description: str, total: int) -> Iterator:
             if step % every and step != total and fields.get("val_loss") is None:
                 return
             rate = (step - first[0]) / max(1e-9, time.time() - began)
-            out.print(f"{description}: step {step}/{total} {_step_fields(fields)} "
-                          f"eta {fmt_seconds((total - step) / rate if rate else 0)}", highlight=False, markup=False)
+            out.print(
+                f"{description}: step {step}/{total} {_step_fields(fields)} "
+                f"eta {fmt_seconds((total - step) / rate if rate else 0)}",
+                highlight=False,
+                markup=False,
+            )
 
         yield log
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TextColumn("eta"), TimeRemainingColumn(), console=out, transient=False)
+    bar = Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=out,
+        transient=False,
+    )
     with bar:
         task = bar.add_task(description, total=total, info="")
 
@@ -74,5 +92,3 @@ def training_progress(description: str, total: int) -> Iterator:
 def _step_fields(fields: dict) -> str:
     text = f"loss {fields['loss']:.4f} {fields['tokens_per_s']:,.0f} tok/s"
     return text + (f" val {fields['val_loss']:.4f}" if fields.get("val_loss") is not None else "")
-
-

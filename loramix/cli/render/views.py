@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from rich.table import Table
@@ -22,8 +21,12 @@ def merge_summary(report: MergeReport) -> Table:
     rows = [
         ("method", f"{report.method} ({'exact' if report.exact else report.kind})"),
         ("adapters", ", ".join(a.path for a in report.adapters)),
-        ("weights", f"α table {report.cat_weights}" if report.cat_weights
-         else ", ".join(fmt_num(w) for w in report.weights or [])),
+        (
+            "weights",
+            f"α table {report.cat_weights}"
+            if report.cat_weights
+            else ", ".join(fmt_num(w) for w in report.weights or []),
+        ),
     ]
     if report.density is not None:
         rows.append(("density", fmt_num(report.density)))
@@ -41,8 +44,13 @@ def merge_summary(report: MergeReport) -> Table:
 def methods_table(rows: list[dict]) -> Table:
     from rich import box
 
-    table = Table(title="merge methods", title_justify="left", box=box.SIMPLE_HEAD,
-                  caption="all take --weights and --rank", caption_justify="left")
+    table = Table(
+        title="merge methods",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption="all take --weights and --rank",
+        caption_justify="left",
+    )
     table.add_column("method", no_wrap=True)
     table.add_column("result", no_wrap=True)
     table.add_column("options")
@@ -82,15 +90,22 @@ def compare_view(r: Comparison, color: bool) -> list:
         table.add_column(col, justify="right")
     for row in r.layers + [r.overall]:
         rate = row.conflict_rate
-        table.add_row(row.layer, fmt_num(row.cosine), "-" if rate is None else f"{100 * rate:.1f}%",
-                      fmt_num(row.norm_a), fmt_num(row.norm_b))
+        table.add_row(
+            row.layer,
+            fmt_num(row.cosine),
+            "-" if rate is None else f"{100 * rate:.1f}%",
+            fmt_num(row.norm_a),
+            fmt_num(row.norm_b),
+        )
     parts: list = [table]
     for only, side in ((r.only_in_a, r.a), (r.only_in_b, r.b)):
         if only:
             parts.append(f"{len(only)} modules only in {side}")
     g = r.cosine
-    parts += ["", heatmap("cosine similarity of the deltas", g.rows, short(g.cols), g.values, color=color,
-                          lo=-1.0, hi=1.0)]
+    parts += [
+        "",
+        heatmap("cosine similarity of the deltas", g.rows, short(g.cols), g.values, color=color, lo=-1.0, hi=1.0),
+    ]
     return parts
 
 
@@ -100,11 +115,17 @@ def train_summary(log: TrainLog, out: Path) -> Table:
     first_val = val_loss[0]["loss"] if val_loss else None
     epoch1 = "" if len(val_loss) < 2 else f" (epoch 1: {fmt_num(first_val, 4)})"
     rows = [
-        ("adapter", str(out)), ("base", s.base), ("data", f"{s.data} ({s.train_rows} train, {s.val_rows} val rows)"),
-        ("steps", str(log.steps)), ("final loss", fmt_num(log.final_loss, 4)),
+        ("adapter", str(out)),
+        ("base", s.base),
+        ("data", f"{s.data} ({s.train_rows} train, {s.val_rows} val rows)"),
+        ("steps", str(log.steps)),
+        ("final loss", fmt_num(log.final_loss, 4)),
         ("validation loss", "-" if val is None else fmt_num(val, 4) + epoch1),
-        ("time", f"{fmt_seconds(log.history.seconds)}, {log.history.tokens:,} tokens, "
-                 f"{log.tokens_per_second or 0:,.0f} tok/s"),
+        (
+            "time",
+            f"{fmt_seconds(log.history.seconds)}, {log.history.tokens:,} tokens, "
+            f"{log.tokens_per_second or 0:,.0f} tok/s",
+        ),
     ]
     return key_value_table("trained", rows)
 
@@ -124,10 +145,17 @@ def cat_view(r: FitReport, out: str, color: bool) -> list:
     hand-made table lacks are left out."""
     from loramix.inspect.report import cat_heatmap
 
-    rows = [("adapter", out), ("base", r.base or "-"),
-            ("skills", ", ".join(f"{a.name} ({a.path})" for a in r.adapters)),
-            ("α", f"{r.granularity}, {r.param}" + (f", init {r.init}" if r.init is not None else "")
-             + (f", lr {r.lr}" if r.lr is not None else ""))]
+    rows = [
+        ("adapter", out),
+        ("base", r.base or "-"),
+        ("skills", ", ".join(f"{a.name} ({a.path})" for a in r.adapters)),
+        (
+            "α",
+            f"{r.granularity}, {r.param}"
+            + (f", init {r.init}" if r.init is not None else "")
+            + (f", lr {r.lr}" if r.lr is not None else ""),
+        ),
+    ]
     if r.data:
         rows.insert(3, ("data", ", ".join(f"{d.data} ({d.used} of {d.rows})" for d in r.data)))
     if r.steps is not None:
@@ -136,7 +164,9 @@ def cat_view(r: FitReport, out: str, color: bool) -> list:
         rows.append(("validation loss", f"{fmt_num(r.best_val_loss, 4)} (α of step {r.chosen_step})"))
     if r.rank is not None:
         error = (r.svd_error or {}).get("max")
-        rows.append(("written", f"rank {fmt_span(r.rank)}" + (f", SVD error max {fmt_num(error)}" if error else ", exact")))
+        rows.append(
+            ("written", f"rank {fmt_span(r.rank)}" + (f", SVD error max {fmt_num(error)}" if error else ", exact"))
+        )
     if r.seconds is not None:
         rows.append(("time", f"{fmt_seconds(r.seconds)}, {r.tokens or 0:,} tokens"))
     g = cat_heatmap(r)
@@ -154,9 +184,13 @@ def eval_table(r: EvalReport) -> Table:
     from rich import box
 
     loss = r.metric == "loss"
-    table = Table(title=f"{r.data} ({r.items} items, metric {r.metric})", title_justify="left",
-                  box=box.SIMPLE_HEAD, caption=f"base {r.setup.base}; 95% intervals ({'bootstrap' if loss else 'Wilson'})",
-                  caption_justify="left")
+    table = Table(
+        title=f"{r.data} ({r.items} items, metric {r.metric})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption=f"base {r.setup.base}; 95% intervals ({'bootstrap' if loss else 'Wilson'})",
+        caption_justify="left",
+    )
     table.add_column("model", no_wrap=True)
     for col in (["loss", "perplexity"] if loss else ["score"]) + ["95% interval", "items", "tok/s"]:
         table.add_column(col, justify="right", no_wrap=True)
@@ -178,20 +212,33 @@ def demo_view(doc: dict, out: Path, color: bool) -> list:
     from rich import box
 
     n = doc["budget"]["eval"]
-    table = Table(title=f"accuracy on {n} eval items per task", title_justify="left", box=box.SIMPLE_HEAD,
-                  caption="math-code: the held-out composite, programs run; kept: the share of the skill LoRA's "
-                  "own accuracy a model keeps", caption_justify="left")
+    table = Table(
+        title=f"accuracy on {n} eval items per task",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption="math-code: the held-out composite, programs run; kept: the share of the skill LoRA's "
+        "own accuracy a model keeps",
+        caption_justify="left",
+    )
     for col in ("model", "math-code", "math", "code", "kept math", "kept code"):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for r in doc["rows"]:
-        table.add_row(r["model"], pct(r["math-code"]), pct(r["math"]), pct(r["code"]),
-                      pct(r["retention"]["math"]), pct(r["retention"]["code"]))
+        table.add_row(
+            r["model"],
+            pct(r["math-code"]),
+            pct(r["math"]),
+            pct(r["code"]),
+            pct(r["retention"]["math"]),
+            pct(r["retention"]["code"]),
+        )
     gains = doc["single_gains"]
-    line = (f"CAT's gain on math-code over the base: {100 * doc['cat_gain']:+.1f} points; the math LoRA's "
-            f"{100 * gains['math']:+.1f}, the code LoRA's {100 * gains['code']:+.1f}: "
-            f"{'super-linear' if doc['super_linear'] else 'not super-linear'} (more than the single skills' "
-            f"gains together). Best on math-code: {doc['best_composite']}.")
+    line = (
+        f"CAT's gain on math-code over the base: {100 * doc['cat_gain']:+.1f} points; the math LoRA's "
+        f"{100 * gains['math']:+.1f}, the code LoRA's {100 * gains['code']:+.1f}: "
+        f"{'super-linear' if doc['super_linear'] else 'not super-linear'} (more than the single skills' "
+        f"gains together). Best on math-code: {doc['best_composite']}."
+    )
     from loramix.soup.report import FitReport
 
     cat = FitReport.from_json(json.loads((Path(out) / "cat" / "cat_weights.json").read_text()))

@@ -8,8 +8,8 @@ Two kinds of method exist:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -24,11 +24,11 @@ class MergeMethod:
     paper: str
     options: tuple[str, ...] = ()  # merge options it reads besides --weights and --rank
     # factor kind: (factors, weights (k,)) -> (A (R, in), B (out, R)), ΔW = B @ A exactly
-    combine_factors: Optional[Callable[[Factors, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = None
+    combine_factors: Callable[[Factors, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
     # delta kind: (deltas (k, rows, in) after trimming, weights (k,), majority) -> (rows, in)
-    combine_deltas: Optional[Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]] = None
-    trim: Optional[str] = None  # "magnitude" or "random": how the engine sparsifies each delta first
-    default_density: Optional[float] = None
+    combine_deltas: Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor] | None = None
+    trim: str | None = None  # "magnitude" or "random": how the engine sparsifies each delta first
+    default_density: float | None = None
     default_rank: str = "sum"  # "sum" of the inputs' ranks, or "max" of them
 
     @property
@@ -39,7 +39,7 @@ class MergeMethod:
             return "factored"
         return "truncated" if self.default_rank == "max" else "exact"
 
-    def density(self, given: Optional[float]) -> Optional[float]:
+    def density(self, given: float | None) -> float | None:
         """The density this method uses: the one given, its default, or None if it takes none."""
         if "density" not in self.options:
             return None

@@ -7,12 +7,14 @@ and no SVD: rank Σ r_i, error zero.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from loramix.merge.methods.base import Factors, MergeMethod
 
 
-def concat_factors(factors: Factors, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def concat_factors(factors: Factors, weights: torch.Tensor | Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     A = torch.cat([a.float() for a, _, _ in factors], dim=0)  # (Σr, in)
     B = torch.cat([float(w) * s * b.float() for (_, b, s), w in zip(factors, weights)], dim=1)  # (out, Σr)
     return A, B
