@@ -112,10 +112,11 @@ _loramix_cmd_merge() {
         --profile) _loramix_reply -W 'peft portable'; return ;;
         --cat-weights) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
         --into-base) compopt -o filenames 2>/dev/null; _loramix_reply -d; return ;;
+        --base|-b) compopt -o filenames 2>/dev/null; _loramix_reply -d; return ;;
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--method -m --out -o --weights -w --density --majority-sign --rank -r --profile --cat-weights --into-base --list-methods --seed --force -f --json --help -h'
+        _loramix_reply -W '--method -m --out -o --weights -w --density --majority-sign --rank -r --profile --cat-weights --into-base --base -b --list-methods --seed --force -f --json --help -h'
     else
         compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi

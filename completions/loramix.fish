@@ -100,6 +100,7 @@ complete -c loramix -n '__fish_seen_subcommand_from merge' -l rank -s r -r -f -d
 complete -c loramix -n '__fish_seen_subcommand_from merge' -l profile -r -a 'peft portable' -f -d 'peft (ranks per module) or portable (uniform rank, alpha == r, for vLLM and llama.cpp).'
 complete -c loramix -n '__fish_seen_subcommand_from merge' -l cat-weights -r -F -d 'fit-cat\'s α table (its output folder or cat_weights.json): rebuild the adapter with -m cat [adapters default to the table\'s].'
 complete -c loramix -n '__fish_seen_subcommand_from merge' -l into-base -r -a '(__fish_complete_directories)' -f -d 'Write a full merged model on this base instead of an adapter.'
+complete -c loramix -n '__fish_seen_subcommand_from merge' -l base -s b -r -a '(__fish_complete_directories)' -f -d 'The base the adapters are for: every module\'s shape is checked against it, and adapters that record it spelled otherwise (or another base) are merged onto it with a warning [default: the one they record].'
 complete -c loramix -n '__fish_seen_subcommand_from merge' -l list-methods -d 'List the merge methods and exit.'
 complete -c loramix -n '__fish_seen_subcommand_from merge' -l seed -r -f -d 'Seed for DARE\'s random drops and the randomized SVD.'
 complete -c loramix -n '__fish_seen_subcommand_from merge' -l force -s f -d 'Replace --out if it exists.'

@@ -51,10 +51,25 @@ class LoramixGroup(TyperGroup):
             raise
         except Exception as e:
             if hasattr(e, "exit_code") and hasattr(e, "show"):  # usage errors: typer prints them, exit 2
+                _suggest(e)
                 raise
             _debug_traceback(ctx)
             console.error(f"unexpected {type(e).__name__}: {e}", "run with --debug for the traceback")
             raise typer.Exit(EXIT_RUNTIME)
+
+
+def _suggest(error) -> None:
+    """A choice given wrong gets the nearest valid value: "'tie' is not one of ...: did you mean 'ties'?"."""
+    import difflib
+    import re
+
+    message = getattr(error, "message", None)
+    found = re.search(r"'([^']*)' is not one of (.*)\.$", message or "")
+    if message is None or not found:
+        return
+    choices = re.findall(r"'([^']*)'", found.group(2))
+    close = difflib.get_close_matches(found.group(1).casefold(), choices, n=1, cutoff=0.6)
+    error.message = message.removeprefix("Value error, ") + (f" Did you mean '{close[0]}'?" if close else "")
 
 
 def _debug_traceback(ctx) -> None:

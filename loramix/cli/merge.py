@@ -40,6 +40,10 @@ def merge(
     into_base: Optional[str] = typer.Option(
         None, "--into-base", help="Write a full merged model on this base instead of an adapter."
     ),
+    base: Optional[str] = options.base(
+        help="The base the adapters are for: every module's shape is checked against it, and adapters that record "
+        "it spelled otherwise (or another base) are merged onto it with a warning [default: the one they record].",
+    ),
     list_methods: bool = typer.Option(False, "--list-methods", help="List the merge methods and exit."),
     seed: int = options.seed("DARE's random drops and the randomized SVD"),
     force: bool = options.force(),
@@ -80,6 +84,7 @@ def merge(
         seed=seed,
         force=force,
         cat_weights=cat_weights,
+        base=base,
     )
     if cat_weights is not None:
         from loramix.soup.rebuild import rebuild

@@ -46,6 +46,7 @@ _UNMERGEABLE_FIELDS = {
 }
 # init_lora_weights values that rewrite the base weights when the adapter is created
 _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+_NEVER_DROPS = "loramix never drops parts of an adapter silently; retrain or strip them first"
 _INIT_HINT = (
     "such an adapter is relative to a modified base; save it with PEFT's "
     "path_initial_model_for_weight_conversion to get an ordinary LoRA"
@@ -79,6 +80,11 @@ class Adapter:
     path: Path | None
     config: dict
     modules: dict[str, LoraModule] = field(default_factory=dict)
+    # copies of base weights PEFT saves beside the LoRA (lm_head's when it is a target, embedding
+    # layers with save_embedding_layers): module name -> tensor; checked against a base when one is given
+    base_copies: dict[str, torch.Tensor] = field(default_factory=dict)
+    # why it cannot be merged exactly (read with strict=False only; strict reading refuses instead)
+    problems: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -121,13 +127,22 @@ def module_scale(config: dict, module: str, rank: int) -> float:
     return float(alpha) / rank
 
 
-def read_adapter(path: str | Path) -> Adapter:
-    """Load and validate one adapter folder; every problem is an `AdapterError` naming the file."""
+def read_adapter(path: str | Path, strict: bool = True) -> Adapter:
+    """Load and validate one adapter folder; every problem is an `AdapterError` naming the file.
+
+    With strict=False (for looking, not merging) what makes it unmergeable is recorded in
+    `problems` instead, and the LoRA modules it has are read all the same.
+    """
     path = Path(path)
     config = _read_config(path)
+    problems = _config_problems(path / CONFIG_NAME, config)
     tensors = _read_weights(path)
-    modules = _build_modules(path, config, tensors)
-    return Adapter(path=path, config=config, modules=modules)
+    problems += _key_problems(path / WEIGHTS_NAME, tensors)
+    if strict and problems:
+        message, hint = problems[0]
+        raise AdapterError(message, hint=hint)
+    modules, copies = _build_modules(path, config, tensors, skip=bool(problems))
+    return Adapter(path=path, config=config, modules=modules, base_copies=copies, problems=[m for m, _ in problems])
 
 
 def _read_config(path: Path) -> dict:
@@ -155,19 +170,19 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+def _config_problems(cfg_path: Path, config: dict) -> list[tuple[str, str]]:
+    """(message, hint) for what in the config makes the adapter unmergeable."""
+    refused = _unmergeable_config(config)
+    if not refused:
+        return []
+    init = any("init_lora_weights" in part for part in refused)
+    return [(f"{cfg_path}: cannot be merged exactly: {'; '.join(refused)}", _INIT_HINT if init else _NEVER_DROPS)]
+
+
 def _check_config(cfg_path: Path, config: dict) -> None:
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise AdapterError(f"{cfg_path}: peft_type is {peft_type}; loramix merges LoRA adapters only")
-    refused = _unmergeable_config(config)
-    if refused:
-        init = any("init_lora_weights" in part for part in refused)
-        raise AdapterError(
-            f"{cfg_path}: cannot be merged exactly: {'; '.join(refused)}",
-            hint=_INIT_HINT
-            if init
-            else "loramix never drops parts of an adapter silently; retrain or strip them first",
-        )
     if not str(config.get("base_model_name_or_path") or "").strip():
         raise AdapterError(
             f"{cfg_path}: records no base model (base_model_name_or_path is empty)",
@@ -233,40 +248,73 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise AdapterError(f"{weights}: not a readable safetensors file, truncated or corrupt ({e})")
 
 
-def _build_modules(path: Path, config: dict, tensors: dict) -> dict[str, LoraModule]:
+def _build_modules(path: Path, config: dict, tensors: dict, skip: bool) -> tuple[dict[str, LoraModule], dict]:
+    """(LoRA modules, copies of base weights) from the weights; `skip`: leave out the tensors the
+    key check found unmergeable instead of calling them unexpected."""
     weights = path / WEIGHTS_NAME
-    _refuse_unmergeable_keys(weights, tensors)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
+    copies: dict[str, torch.Tensor] = {}
     for key, t in tensors.items():
+        name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         for suffix, part in ((A_SUFFIX, "A"), (B_SUFFIX, "B")):
-            if key.endswith(suffix):
-                name = key[: -len(suffix)]
-                name = name[len(PREFIX) :] if name.startswith(PREFIX) else name
-                pairs.setdefault(name, {})[part] = t
+            if name.endswith(suffix):
+                pairs.setdefault(name[: -len(suffix)], {})[part] = t
                 break
         else:
-            raise AdapterError(f"{weights}: unexpected tensor {key!r}; not a LoRA A/B weight")
-    if not pairs:
+            copy, trained = _plain_weight(name, config)
+            if copy is not None:
+                copies[copy] = t
+            elif not (skip and (trained or _unmergeable_kind(key))):
+                raise AdapterError(
+                    f"{weights}: unexpected tensor {key!r}; not a LoRA A/B weight",
+                    hint="loramix reads LoRA A and B weights and the copies of base weights PEFT saves beside them",
+                )
+    if not pairs and not skip:
         raise AdapterError(f"{weights}: holds no LoRA weights")
-    return {name: _build_module(weights, config, name, p) for name, p in sorted(pairs.items())}
+    return {name: _build_module(weights, config, name, p) for name, p in sorted(pairs.items())}, copies
 
 
-def _refuse_unmergeable_keys(weights: Path, tensors: dict) -> None:
+# modules PEFT saves a plain copy of (save_embedding_layers) when they are not targets themselves
+_EMBEDDINGS = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings", "embed_in")
+
+
+def _plain_weight(name: str, config: dict) -> tuple[str | None, bool]:
+    """What a tensor that is not a LoRA factor is (`name` without the prefix): (the module whose
+    base weight it copies, or None; whether it is a trained module of modules_to_save). PEFT saves
+    'lm_head.base_layer.weight' when lm_head is a target, and embedding layers themselves with
+    save_embedding_layers; modules_to_save are full trained copies."""
+    if not name.endswith((".weight", ".bias")) or "lora_" in name:
+        return None, False
+    module = name.rsplit(".", 1)[0]
+    saved = config.get("modules_to_save") or []
+    if module.rsplit(".", 1)[-1] in saved or module in saved:
+        return None, True
+    if name.endswith(".base_layer.weight"):
+        return module.removesuffix(".base_layer"), False
+    if name.endswith(".weight") and module.rsplit(".", 1)[-1] in _EMBEDDINGS:
+        return module, False
+    return None, False
+
+
+def _unmergeable_kind(key: str) -> str | None:
+    for fragment, what in _UNMERGEABLE_KEYS.items():
+        if fragment in key:
+            return what
+    return "LoRA biases" if key.endswith(".bias") and "lora_" in key else None
+
+
+def _key_problems(weights: Path, tensors: dict) -> list[tuple[str, str]]:
     found: dict[str, list[str]] = {}
     for key in tensors:
-        for fragment, what in _UNMERGEABLE_KEYS.items():
-            if fragment in key:
-                found.setdefault(what, []).append(key)
-        if key.endswith(".bias") and "lora_" in key:
-            found.setdefault("LoRA biases", []).append(key)
-    if found:
-        parts = [
-            f"{what} ({keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''})" for what, keys in found.items()
-        ]
-        raise AdapterError(
-            f"{weights}: cannot be merged exactly: {'; '.join(parts)}",
-            hint="loramix never drops parts of an adapter silently; retrain or strip them first",
-        )
+        what = _unmergeable_kind(key)
+        if what:
+            found.setdefault(what, []).append(key)
+    if not found:
+        return []
+    parts = [
+        f"{what} ({keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''})" for what, keys in found.items()
+    ]
+    return [(f"{weights}: cannot be merged exactly: {'; '.join(parts)}", _NEVER_DROPS)]
 
 
 def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraModule:
@@ -301,17 +349,26 @@ def _refuse_non_finite(weights: Path, what: str, t: torch.Tensor) -> None:
     )
 
 
-def check_compatible(adapters: list[Adapter]) -> None:
-    """Refuse adapters that do not share a base, an orientation, or module shapes."""
-    first = adapters[0]
+def check_compatible(adapters: list[Adapter], base: str | None = None) -> list[str]:
+    """Refuse adapters that do not share a base or module shapes. Two spellings of one base
+    (loramix-tiny and its folder, a hub id and its cached snapshot) are one base. With `base` given
+    (--base) adapters that record another one are accepted, with a warning returned for each: the
+    caller checks their shapes against it. (fan_in_fan_out says how the base stored a weight when the
+    adapter was trained, not how A and B are laid out, which is always A (r, in) and B (out, r);
+    merging into a base reads the orientation from the base itself.)"""
+    from loramix.core.models import same_base
+
+    first, warnings = adapters[0], []
     shapes: dict[str, tuple[tuple[int, int], Adapter]] = {}
     for a in adapters:
-        if _norm_base(a.base) != _norm_base(first.base):
+        if base is not None and not same_base(a.base, base):
+            warnings.append(f"{a.path} records the base {a.base!r}; used with {base} (shapes are checked against it)")
+        elif base is None and not same_base(a.base, first.base):
             raise AdapterError(
-                f"adapters for different bases: {first.path} was trained on {first.base!r}, {a.path} on {a.base!r}"
+                f"adapters for different bases: {first.path} was trained on {first.base!r}, {a.path} on {a.base!r}",
+                hint="if both name the same model, pass --base BASE (its folder or hub id) to merge them onto it; "
+                "every module's shape is checked against it",
             )
-        if bool(a.config.get("fan_in_fan_out")) != bool(first.config.get("fan_in_fan_out")):
-            raise AdapterError(f"{first.path} and {a.path} disagree on fan_in_fan_out")
         for name, m in a.modules.items():
             seen = shapes.setdefault(name, (m.shape, a))
             if seen[0] != m.shape:
@@ -319,7 +376,41 @@ def check_compatible(adapters: list[Adapter]) -> None:
                     f"module {name} has shape {seen[0]} in {seen[1].path} but {m.shape} in {a.path}",
                     hint="the adapters were trained on different models",
                 )
+    return warnings
 
 
-def _norm_base(base: str) -> str:
-    return base.rstrip("/")
+def check_base_copies(adapters: list[Adapter], weight_of, base: str) -> None:
+    """Check the copies of base weights the adapters hold against `base` (weight_of(module) -> its
+    tensor, or None where the base has none to compare): a copy that differs means the adapter was
+    trained on another base (a resized vocabulary, say) and is refused; what cannot be checked is
+    said on the log."""
+
+    from loramix.core import log
+
+    for a in adapters:
+        unchecked = []
+        for name, copy in a.base_copies.items():
+            weight = weight_of(name)
+            if weight is None:
+                unchecked.append(name)
+                continue
+            if tuple(weight.shape) != tuple(copy.shape):
+                why = f"has shape {tuple(copy.shape)}, the base's {tuple(weight.shape)}"
+            else:
+                gap = float((weight.detach().float() - copy.float()).abs().max())
+                if gap <= 1e-3 * max(1.0, float(copy.float().abs().max())):
+                    continue
+                why = f"differs from the base's by up to {gap:.3g}"
+            raise AdapterError(
+                f"{a.path}: its copy of {name}.weight {why} ({base})",
+                hint="the adapter was trained on another base (a resized vocabulary?); merge it with that base",
+            )
+        if unchecked:
+            log.note(
+                f"{a.path}: holds copies of the base's {', '.join(unchecked)} that {base} has no weight to "
+                "compare with; they are not used"
+            )
+        elif a.base_copies:
+            log.note(
+                f"{a.path}: its copies of {', '.join(a.base_copies)} match {base}; they are not needed and left out"
+            )

@@ -61,6 +61,15 @@ def resolve_base(name: str) -> Path:
         )
 
 
+def local_folder(name: str) -> Path | None:
+    """The folder `name` names on this machine without asking the hub (the bundled model's for
+    loramix-tiny), or None."""
+    if name == BUNDLED:
+        return bundled_path()
+    path = Path(name).expanduser()
+    return path if path.exists() else None
+
+
 def base_record(name: str) -> str:
     """How an adapter records its base: the bundled name, an absolute local path, or the hub name."""
     if name == BUNDLED:
@@ -69,16 +78,32 @@ def base_record(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
-def base_of(adapters: list, given: str | None) -> str:
-    """The base to load: --base, else the one the adapters record (else the bundled model); a
-    warning when --base is not the adapters' own."""
-    if given is None:
-        return adapters[0].base if adapters else BUNDLED
-    if adapters and base_record(given) != base_record(adapters[0].base):
-        from loramix.core import log
+def base_identity(name: str) -> str:
+    """What a recorded base name points to, so that two spellings of one model compare equal:
+    'loramix-tiny' and the bundled folder are one; a local folder is its resolved path, or its hub
+    id when it is a snapshot in the hub's cache (.../models--org--name/snapshots/REV); a name that
+    is no local folder is a hub id."""
+    if name == BUNDLED:
+        return str(bundled_path().resolve())
+    path = Path(name).expanduser()
+    if path.exists():
+        resolved = path.resolve()
+        parts = resolved.parts
+        for i, part in enumerate(parts[:-2]):
+            if part.startswith("models--") and parts[i + 1] == "snapshots":
+                return "hub:" + part.removeprefix("models--").replace("--", "/")
+        return str(resolved)
+    return "hub:" + name.strip().rstrip("/")
 
-        log.warn(f"--base {given} is not the base the adapters record ({adapters[0].base})")
-    return given
+
+def same_base(a: str, b: str) -> bool:
+    return a == b or base_identity(a) == base_identity(b)
+
+
+def base_of(adapters: list, given: str | None) -> str:
+    """The base to load: --base, else the one the adapters record (else the bundled model).
+    (check_compatible says when --base is not the adapters' own.)"""
+    return given if given is not None else adapters[0].base if adapters else BUNDLED
 
 
 def pick_device(device: str) -> str:
@@ -198,4 +223,21 @@ def load_model(path: Path, dtype, device: str, load_in_4bit: bool = False, trust
                 hint="convert the weights to safetensors first",
             )
         raise
-    return model if load_in_4bit else model.to(device)  # type: ignore[arg-type]  # transformers' to() is typed for dtypes only
+    if load_in_4bit:
+        _check_quantized(model, path)
+        return model
+    return model.to(device)  # type: ignore[arg-type]  # transformers' to() is typed for dtypes only
+
+
+def _check_quantized(model, path: Path) -> None:
+    """4-bit loading replaces only the linear classes bitsandbytes knows; a model built of its own
+    (Falcon's FalconLinear) would stay in full precision while everything said 4-bit."""
+    from bitsandbytes.nn import Linear4bit
+
+    if not any(isinstance(m, Linear4bit) for m in model.modules()):
+        kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, __import__("torch").nn.Linear)})
+        raise InputError(
+            f"{path}: --load-in-4bit quantized none of its layers (bitsandbytes replaces torch Linear layers; this "
+            f"model's are {', '.join(kinds) or 'of no linear kind'})",
+            hint="drop --load-in-4bit for this base",
+        )

@@ -210,13 +210,13 @@ def run_programs(c: EvalConfig):
 
 def open_base(c: EvalConfig):
     """The adapters (checked), the base to load and its tokenizer: (adapters, base, path, tokenizer)."""
-    from loramix.core import models
+    from loramix.core import log, models
     from loramix.core.adapters import check_compatible, read_adapter
 
     models.quiet_libraries()
     adapters = [read_adapter(p) for p in c.adapters]
-    if adapters:
-        check_compatible(adapters)
+    for warning in check_compatible(adapters, c.base) if adapters else []:
+        log.warn(warning)
     base = models.base_of(adapters, c.base)
     path = models.resolve_base(base)
     return adapters, base, path, models.load_tokenizer(path)

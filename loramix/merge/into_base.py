@@ -15,6 +15,7 @@ import torch
 
 from loramix.core.errors import InputError
 from loramix.core.models import resolve_base
+from loramix.core.targets import stored_transposed
 
 MAX_SHARD_BYTES = 4 << 30
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
@@ -66,50 +67,60 @@ def _load(path: Path, key: str) -> torch.Tensor:
         raise InputError(f"{path}: cannot read tensor {key} ({e})")
 
 
-def merge_into_base(
-    method, adapters, opts, base_name: str, folder: Path, on_module: Callable | None = None
-) -> tuple[str, list[str]]:
-    """Write the base with the merged deltas added into `folder`; returns (the base's folder, warnings)."""
+class BaseWeights:
+    """A base model's weights read from its safetensors files, one tensor at a time: what it has
+    (names, shapes, dtypes from the headers alone), each module checked against the adapters."""
+
+    def __init__(self, name: str):
+        self.folder = resolve_base(name)
+        self.files = base_tensor_files(self.folder)
+        self.headers: dict[str, tuple[list[int], str]] = {}
+        for path in sorted(set(self.files.values())):
+            self.headers.update(_headers(path))
+        self.transposed: dict[str, bool] = {}
+
+    def tensor(self, module: str) -> torch.Tensor | None:
+        """`module`'s weight, or None when the files hold none (a tied output head, say)."""
+        key = f"{module}.weight"
+        return _load(self.files[key], key) if key in self.files else None
+
+    def check_modules(self, adapters) -> None:
+        """Every module of the adapters must exist in the base with the shape of its delta, stored
+        (out, in) or, for GPT-2's Conv1D, (in, out); records which are stored transposed."""
+        shapes = {n: m.shape for a in adapters for n, m in a.modules.items()}
+        for name in shapes:
+            if f"{name}.weight" not in self.headers:
+                raise InputError(f"module {name} of the adapters is not in the base model {self.folder}")
+        stored = {name: self.headers[f"{name}.weight"][0] for name in shapes}
+        self.transposed = stored_transposed(self.folder, shapes, stored)
+        for name, (out, inp) in shapes.items():
+            want = [inp, out] if self.transposed[name] else [out, inp]
+            if stored[name] != want:
+                raise InputError(f"{name}.weight: the base weight has shape {stored[name]}, the adapters' delta {want}")
+
+
+def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_module: Callable | None = None) -> str:
+    """Write the base with the merged deltas added into `folder`; returns the base's folder."""
     from loramix.merge.engine import merge_module, module_names
 
-    base = resolve_base(base_name)
-    if _read_json(base / "config.json").get("quantization_config"):
-        raise InputError(f"{base}: is quantized; --into-base needs full-precision weights")
-    files = base_tensor_files(base)
-    headers: dict[str, tuple[list[int], str]] = {}
-    for path in sorted(set(files.values())):
-        headers.update(_headers(path))
-    transpose = bool(adapters[0].config.get("fan_in_fan_out"))
+    base = BaseWeights(base_name)
+    if _read_json(base.folder / "config.json").get("quantization_config"):
+        raise InputError(f"{base.folder}: is quantized; --into-base needs full-precision weights")
+    base.check_modules(adapters)
     names = module_names(adapters)
-    _check_modules(adapters, names, headers, base, transpose)
 
     def delta(key: str) -> torch.Tensor:
         name = key.removesuffix(".weight")
         d = merge_module(method, adapters, opts, name).delta()
         if on_module:
             on_module(name)
-        return d.T if transpose else d
+        return d.T if base.transposed[name] else d
 
-    _write_shards(files, headers, {f"{n}.weight" for n in names}, delta, folder)
-    for p in base.iterdir():
+    _write_shards(base.files, base.headers, {f"{n}.weight" for n in names}, delta, folder)
+    for p in base.folder.iterdir():
         if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.name != INDEX_NAME:
             shutil.copy2(p, folder / p.name)
-    warnings = []
-    if Path(adapters[0].base).resolve() != base.resolve() and adapters[0].base != base_name:
-        warnings.append(f"the adapters record base {adapters[0].base!r}; merged into {str(base)!r}")
-    return str(base), warnings
-
-
-def _check_modules(adapters, names: list[str], headers: dict, base: Path, transpose: bool) -> None:
-    """Every merged module must exist in the base with the shape of its delta."""
-    for name in names:
-        key = f"{name}.weight"
-        if key not in headers:
-            raise InputError(f"module {name} of the adapters is not in the base model {base}")
-        out, inp = next(a.modules[name].shape for a in adapters if name in a.modules)
-        want = [inp, out] if transpose else [out, inp]
-        if headers[key][0] != want:
-            raise InputError(f"{key}: the base weight has shape {headers[key][0]}, the adapters' delta {want}")
+    return str(base.folder)
 
 
 def _write_shards(

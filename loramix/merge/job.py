@@ -13,6 +13,7 @@ from pathlib import Path
 from loramix import __version__
 from loramix.core.adapters import Adapter, check_compatible, read_adapter
 from loramix.core.errors import InputError
+from loramix.core.models import base_record, local_folder, same_base
 from loramix.core.outputs import atomic_dir, check_out
 from loramix.core.profiles import write_adapter
 from loramix.merge.report import InputAdapter, MergeReport, Span
@@ -51,6 +52,7 @@ class MergeRequest:
     seed: int = 0
     force: bool = False
     cat_weights: Path | None = None  # the α table `per_module` weights come from (see run_merge)
+    base: str | None = None  # the base the adapters are for (--base): shapes and saved copies are checked
 
 
 def get_method(name: str):
@@ -66,7 +68,10 @@ def check_request(req: MergeRequest, method) -> None:
     if not req.adapters:
         raise InputError("no adapters given", hint="loramix merge ADAPTER [ADAPTER...] -m METHOD -o OUT")
     if req.weights is not None and len(req.weights) != len(req.adapters):
-        raise InputError(f"--weights has {len(req.weights)} values for {len(req.adapters)} adapters")
+        numbers = [str(a) for a in req.adapters if _is_number(str(a)) and not Path(a).exists()]
+        hint = f"--weights takes its values comma-separated, e.g. --weights 1,{numbers[0]}" if numbers else None
+        n = len(req.weights)
+        raise InputError(f"--weights has {n} value{'s' * (n != 1)} for {len(req.adapters)} adapters", hint=hint)
     for opt, value in (("density", req.density), ("majority_sign", req.majority_sign)):
         if value is not None and opt not in method.options:
             flag = "--" + opt.replace("_", "-")
@@ -79,15 +84,55 @@ def check_request(req: MergeRequest, method) -> None:
         raise InputError(f"--rank must be at least 1, got {req.rank}")
     if req.into_base is not None and (req.rank is not None or req.profile != "peft"):
         raise InputError("--into-base writes full weights; --rank and --profile do not apply")
-    inputs = tuple(req.adapters) + ((Path(req.into_base),) if req.into_base and Path(req.into_base).exists() else ())
+    if req.base is not None and req.into_base is not None and not same_base(req.base, req.into_base):
+        raise InputError(f"--base {req.base} and --into-base {req.into_base} name different models; give one")
+    bases = [local_folder(b) for b in (req.base, req.into_base) if b is not None]
+    inputs = tuple(req.adapters) + tuple(b for b in bases if b is not None)
     inputs += (Path(req.cat_weights),) if req.cat_weights is not None else ()
     check_out(req.out, req.force, inputs)
 
 
-def load_adapters(paths: list[Path]) -> list[Adapter]:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_adapters(paths: list[Path], base: str | None = None) -> tuple[list[Adapter], list[str]]:
+    """The adapters, checked against each other (and `base`), and what the user should know."""
     adapters = [read_adapter(p) for p in paths]
-    check_compatible(adapters)
-    return adapters
+    warnings = check_compatible(adapters, base)
+    if len(adapters) == 1:
+        warnings.append(f"one adapter given: the result is {adapters[0].path} itself, reshaped by the method")
+    digests: dict[str | None, Path | None] = {}
+    for a in adapters:
+        digest = a.sha256()
+        if digest in digests:
+            warnings.append(f"{a.path} and {digests[digest]} hold the same weights: that adapter counts twice")
+        digests.setdefault(digest, a.path)
+    return adapters, warnings
+
+
+def check_base(adapters: list[Adapter], name: str | None) -> None:
+    """With a base named (--base, --into-base): every module's shape against its weights, and the
+    copies of base weights the adapters hold against them. Without, say that copies go unchecked."""
+    from loramix.core import log
+    from loramix.core.adapters import check_base_copies
+    from loramix.merge.into_base import BaseWeights
+
+    if name is None:
+        for a in adapters:
+            if a.base_copies:
+                log.note(
+                    f"{a.path}: holds copies of the base's {', '.join(a.base_copies)}; they are left out "
+                    "(--base BASE checks them against the base)"
+                )
+        return
+    weights = BaseWeights(name)
+    weights.check_modules(adapters)
+    check_base_copies(adapters, weights.tensor, str(weights.folder))
 
 
 def run_merge(
@@ -103,7 +148,8 @@ def run_merge(
 
     method = get_method(req.method)
     check_request(req, method)
-    adapters = load_adapters(req.adapters)
+    adapters, warnings = load_adapters(req.adapters, req.base or req.into_base)
+    check_base(adapters, req.base or req.into_base)
     opts = MergeOptions(
         weights=req.weights or [1.0] * len(adapters),
         density=req.density,
@@ -113,20 +159,21 @@ def run_merge(
         module_weights=None if per_module is None else per_module(adapters),
     )
     report = _report(req, method, adapters, opts, len(module_names(adapters)))
+    report.warnings = warnings
     start = time.perf_counter()
     with atomic_dir(req.out, req.force) as tmp, progress(f"merging ({method.name})", report.modules) as on_module:
         if req.into_base is not None:
             from loramix.merge.into_base import merge_into_base
 
-            report.base, report.warnings = merge_into_base(method, adapters, opts, req.into_base, tmp, on_module)
+            report.base = merge_into_base(method, adapters, opts, req.into_base, tmp, on_module)
         else:
-            _write_adapter(method, adapters, opts, req.profile, tmp, on_module, report)
+            _write_adapter(method, adapters, opts, req, tmp, on_module, report)
         report.seconds = round(time.perf_counter() - start, 3)
         (tmp / PROVENANCE_NAME).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report
 
 
-def _write_adapter(method, adapters, opts, profile, folder: Path, on_module, report: MergeReport) -> None:
+def _write_adapter(method, adapters, opts, req: MergeRequest, folder: Path, on_module, report: MergeReport) -> None:
     """Merge, factor and write the adapter; fills in the report's rank, errors and dtype."""
     import torch
 
@@ -136,7 +183,8 @@ def _write_adapter(method, adapters, opts, profile, folder: Path, on_module, rep
     merged = merge_to_factors(method, adapters, opts, on_module)
     dtypes = {a.dtype for a in adapters}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    config, factors = layout(merged.factors, profile, adapters[0].config, adapters[0].base, dtype)
+    base = base_record(req.base) if req.base is not None else adapters[0].base
+    config, factors = layout(merged.factors, req.profile, adapters[0].config, base, dtype)
     write_adapter(folder, config, factors)
     errors = merged.errors
     report.rank = Span.of([A.shape[0] for A, _ in factors.values()])

@@ -141,7 +141,7 @@ def prepare(c: CatConfig) -> Fitting:
     """Check, load the adapters, the data and the base, and wrap the base."""
     import torch
 
-    from loramix.core import models
+    from loramix.core import log, models
     from loramix.core.adapters import check_compatible, read_adapter
     from loramix.core.outputs import check_out
     from loramix.core.targets import check_adapter_shapes
@@ -151,7 +151,8 @@ def prepare(c: CatConfig) -> Fitting:
     data_files = tuple(Path(d) for d in c.data if not d.startswith("builtin:"))
     check_out(c.out, c.force, inputs=tuple(c.adapters) + data_files)
     adapters = [read_adapter(p) for p in c.adapters]
-    check_compatible(adapters)
+    for warning in check_compatible(adapters, c.base):
+        log.warn(warning)
     base = models.base_of(adapters, c.base)
     path = models.resolve_base(base)
     if path.resolve().is_relative_to(c.out.resolve()):

@@ -140,3 +140,28 @@ def test_unwritable_output_is_a_clear_runtime_error(adapter_pair, tmp_path, monk
     result = invoke("merge", *adapter_pair, "-m", "linear", "-o", tmp_path / "m")
     assert result.exit_code == 1 and "No space left on device" in result.stderr and "unexpected" not in result.stderr
     assert not (tmp_path / "m").exists() and _leftovers(tmp_path) == []
+
+
+def test_unquoted_weights_get_a_hint(adapter_pair, tmp_path):
+    result = invoke("merge", *adapter_pair, "-m", "linear", "--weights", "1", "0.5", "-o", tmp_path / "m")
+    assert result.exit_code == 2 and "--weights has 1 value for 3 adapters" in result.stderr
+    assert "comma-separated, e.g. --weights 1,0.5" in result.stderr
+
+
+def test_one_adapter_or_the_same_twice_is_merged_with_a_warning(adapter_pair, tmp_path):
+    import shutil
+
+    a, _ = adapter_pair
+    alone = invoke("merge", a, "-m", "ties", "-o", tmp_path / "one", "--json")
+    assert alone.exit_code == 0 and "one adapter given" in alone.stderr
+    assert json.loads(alone.stdout)["warnings"][0].startswith("one adapter given")
+    twin = shutil.copytree(a, tmp_path / "twin")
+    twice = invoke("merge", a, twin, "-m", "linear", "-o", tmp_path / "two")
+    assert twice.exit_code == 0 and "hold the same weights: that adapter counts twice" in twice.stderr
+
+
+def test_a_misspelt_method_gets_the_nearest_one_and_any_case_works(adapter_pair, tmp_path):
+    wrong = invoke("merge", *adapter_pair, "-m", "tie", "-o", tmp_path / "m")
+    assert wrong.exit_code == 2 and "Did you mean 'ties'?" in " ".join(wrong.stderr.replace("│", " ").split())
+    upper = invoke("merge", *adapter_pair, "-m", "TIES", "-o", tmp_path / "m", "--json")
+    assert upper.exit_code == 0 and json.loads(upper.stdout)["method"] == "ties"
