@@ -114,6 +114,7 @@ complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l base -s b -r
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l rank -s r -r -f -d 'LoRA rank.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l alpha -r -f -d 'LoRA alpha (scale = alpha / rank).'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l targets -s t -r -f -d 'Comma-separated module names, e.g. q_proj,v_proj [default: every attention and MLP projection].'
+complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l target-parameters -r -f -d 'Comma-separated 3-D expert parameters to train LoRAs on too (MoE models), e.g. mlp.experts.gate_up_proj,mlp.experts.down_proj.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l lr -r -f -d 'Peak learning rate [default: 1e-3 on loramix-tiny, 2e-4 otherwise].'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l epochs -r -f -d 'Passes over the training rows.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l max-steps -r -f -d 'Stop after this many optimizer steps (overrides --epochs).'

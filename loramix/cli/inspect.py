@@ -39,7 +39,7 @@ def inspect(
     if len(paths) == 1 and _is_cat_result(paths[0]):
         _show(_cat_view(paths[0]), views.inspect_cat_view, paths, svg, json_out)
         return
-    adapters = [read_adapter(p) for p in paths]
+    adapters = [read_adapter(p, strict=False) for p in paths]  # looking is allowed where merging is not
     if len(adapters) == 1:
         _show(adapter_report(adapters[0]), views.adapter_view, paths, svg, json_out)
         return

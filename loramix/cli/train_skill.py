@@ -25,6 +25,11 @@ def train_skill(
         "-t",
         help="Comma-separated module names, e.g. q_proj,v_proj [default: every attention and MLP projection].",
     ),
+    target_parameters: Optional[str] = typer.Option(
+        None,
+        "--target-parameters",
+        help="Comma-separated 3-D expert parameters to train LoRAs on too (MoE models), e.g. mlp.experts.gate_up_proj,mlp.experts.down_proj.",
+    ),
     lr: Optional[float] = typer.Option(
         None, "--lr", help="Peak learning rate [default: 1e-3 on loramix-tiny, 2e-4 otherwise]."
     ),
@@ -73,6 +78,7 @@ def train_skill(
         rank=rank,
         alpha=alpha,
         targets=_split(targets),
+        target_parameters=_split(target_parameters),
         lr=lr,
         epochs=epochs,
         max_steps=max_steps,

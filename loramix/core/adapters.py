@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loramix.core import params
 from loramix.core.errors import AdapterError
 
 if TYPE_CHECKING:
     import torch
+
+    from loramix.core.params import Slot
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -41,7 +44,6 @@ _UNMERGEABLE_FIELDS = {
     "lora_bias": "LoRA biases",
     "alora_invocation_tokens": "activated LoRA (it acts only after its invocation tokens)",
     "use_qalora": "QA-LoRA (it acts on pooled inputs)",
-    "target_parameters": "LoRA on parameters rather than linear modules",
     "trainable_token_indices": "trainable token embeddings",
 }
 # init_lora_weights values that rewrite the base weights when the adapter is created
@@ -60,6 +62,7 @@ class LoraModule:
     A: torch.Tensor
     B: torch.Tensor
     scale: float
+    slot: Slot | None = None  # for an expert of a 3-D parameter (loramix.core.params), where it lives
 
     @property
     def rank(self) -> int:
@@ -127,11 +130,12 @@ def module_scale(config: dict, module: str, rank: int) -> float:
     return float(alpha) / rank
 
 
-def read_adapter(path: str | Path, strict: bool = True) -> Adapter:
+def read_adapter(path: str | Path, strict: bool = True, base: str | None = None) -> Adapter:
     """Load and validate one adapter folder; every problem is an `AdapterError` naming the file.
 
     With strict=False (for looking, not merging) what makes it unmergeable is recorded in
-    `problems` instead, and the LoRA modules it has are read all the same.
+    `problems` instead, and the LoRA modules it has are read all the same. LoRAs on parameters
+    (target_parameters) are read with the architecture of `base`, else of the base it records.
     """
     path = Path(path)
     config = _read_config(path)
@@ -141,7 +145,7 @@ def read_adapter(path: str | Path, strict: bool = True) -> Adapter:
     if strict and problems:
         message, hint = problems[0]
         raise AdapterError(message, hint=hint)
-    modules, copies = _build_modules(path, config, tensors, skip=bool(problems))
+    modules, copies = _build_modules(path, config, tensors, skip=bool(problems), base=base)
     return Adapter(path=path, config=config, modules=modules, base_copies=copies, problems=[m for m, _ in problems])
 
 
@@ -248,7 +252,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise AdapterError(f"{weights}: not a readable safetensors file, truncated or corrupt ({e})")
 
 
-def _build_modules(path: Path, config: dict, tensors: dict, skip: bool) -> tuple[dict[str, LoraModule], dict]:
+def _build_modules(
+    path: Path, config: dict, tensors: dict, skip: bool, base: str | None = None
+) -> tuple[dict[str, LoraModule], dict]:
     """(LoRA modules, copies of base weights) from the weights; `skip`: leave out the tensors the
     key check found unmergeable instead of calling them unexpected."""
     weights = path / WEIGHTS_NAME
@@ -271,7 +277,33 @@ def _build_modules(path: Path, config: dict, tensors: dict, skip: bool) -> tuple
                 )
     if not pairs and not skip:
         raise AdapterError(f"{weights}: holds no LoRA weights")
-    return {name: _build_module(weights, config, name, p) for name, p in sorted(pairs.items())}, copies
+    targets = list(config.get("target_parameters") or [])
+    on_params = {k: pairs.pop(k) for k in [k for k in pairs if targets and params.owns(k, targets)]}
+    modules = {name: _build_module(weights, config, name, p) for name, p in sorted(pairs.items())}
+    if on_params:
+        modules.update(_param_modules(weights, config, on_params, targets, base))
+    return modules, copies
+
+
+def _param_modules(weights: Path, config: dict, pairs: dict, targets: list[str], base: str | None) -> dict:
+    """The experts of LoRAs on parameters, one LoraModule each (loramix.core.params)."""
+    from loramix.core.models import local_folder
+
+    for name, pair in pairs.items():
+        if set(pair) != {"A", "B"}:
+            raise AdapterError(f"{weights}: module {name} has no {'lora_B' if 'B' not in pair else 'lora_A'} weight")
+        for part in ("A", "B"):
+            _refuse_non_finite(weights, f"module {name} lora_{part}", pair[part])
+    folder = local_folder(base or str(config.get("base_model_name_or_path") or ""))
+    experts = params.read(
+        str(weights),
+        {k: (p["A"], p["B"]) for k, p in pairs.items()},
+        targets,
+        folder,
+        rank_of=lambda key, r: pattern_value(config.get("rank_pattern"), key, config.get("r", r)),
+        scale_of=lambda key, r: module_scale(config, key, r),
+    )
+    return {slot.name: LoraModule(A=A, B=B, scale=scale, slot=slot) for slot, A, B, scale in experts}
 
 
 # modules PEFT saves a plain copy of (save_embedding_layers) when they are not targets themselves

@@ -14,10 +14,13 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loramix.core import params
 from loramix.core.adapters import A_SUFFIX, B_SUFFIX, CONFIG_NAME, PREFIX, WEIGHTS_NAME
 
 if TYPE_CHECKING:
     import torch
+
+    from loramix.core.params import Slot
 
 
 class Profile(str, Enum):
@@ -47,16 +50,40 @@ def layout(
     template: dict,
     base: str,
     dtype: torch.dtype,
+    slots: dict[str, Slot] | None = None,
 ) -> tuple[dict, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """(adapter_config, factors cast to `dtype`) for the chosen profile."""
+    """(adapter_config, factors cast to `dtype`, keyed by the module path they are saved under) for
+    the chosen profile. Experts of a parameter (`slots`: module name -> where it lives) are packed
+    into their parameter's wrapper (loramix.core.params)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}")
+    slots = slots or {}
     if profile == "portable":
         rank = max(A.shape[0] for A, _ in factors.values())
         factors = {n: pad_rank(A, B, rank) for n, (A, B) in factors.items()}
-    ranks = {n: A.shape[0] for n, (A, _) in factors.items()}
-    config = lora_config(template, ranks=ranks, base=base)
-    return config, {n: (A.to(dtype), B.to(dtype)) for n, (A, B) in factors.items()}
+    linear = {n: f for n, f in factors.items() if n not in slots}
+    wrappers, param_ranks = _wrappers({n: f for n, f in factors.items() if n in slots}, slots)
+    ranks = {n: A.shape[0] for n, (A, _) in linear.items()} | param_ranks
+    config = lora_config(template, ranks=ranks, base=base, params=sorted(param_ranks))
+    return config, {n: (A.to(dtype), B.to(dtype)) for n, (A, B) in (linear | wrappers).items()}
+
+
+def _wrappers(experts: dict, slots: dict[str, Slot]) -> tuple[dict, dict[str, int]]:
+    """({saved module path: packed (A, B)}, {parameter key: rank}) for the experts' factors."""
+    by_key: dict[str, list] = {}
+    for name, (A, B) in experts.items():
+        by_key.setdefault(slots[name].key, []).append((slots[name], A, B))
+    orders: dict[str, list[int]] = {}
+    for pieces in by_key.values():
+        orders.setdefault(pieces[0][0].module, []).append(pieces[0][0].order)
+    packed, ranks = {}, {}
+    for key, pieces in by_key.items():
+        rank = max(A.shape[0] for _, A, _ in pieces)
+        pieces = [(s, *pad_rank(A, B, rank)) for s, A, B in pieces]
+        slot = pieces[0][0]
+        packed[params.key_module(slot, orders[slot.module])] = params.pack(pieces)
+        ranks[key] = rank
+    return packed, ranks
 
 
 # fields of an input config carried into a written one; everything else is set explicitly or dropped
@@ -64,13 +91,14 @@ def layout(
 _KEPT_CONFIG_KEYS = ("task_type", "revision", "fan_in_fan_out", "lora_dropout", "auto_mapping")
 
 
-def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
+def lora_config(template: dict, *, ranks: dict[str, int], base: str, params: list[str] | None = None) -> dict:
     """A clean PEFT LoRA config for modules whose scale is baked into B (runtime scale 1).
 
     The most common rank becomes `r` (and `lora_alpha`); other modules get `rank_pattern` and
     `alpha_pattern` entries equal to their rank, so every module's scale is exactly 1. Pattern keys
     are `^` + the escaped full name: PEFT matches a key against the end of a module's name, so an
-    unanchored `a.b` would also match a module `x.a.b`.
+    unanchored `a.b` would also match a module `x.a.b`. `params` are the full names of the 3-D
+    parameters LoRAs are written for (target_parameters; their ranks are in `ranks` too).
     """
     counts: dict[int, int] = {}
     for r in ranks.values():
@@ -89,7 +117,8 @@ def lora_config(template: dict, *, ranks: dict[str, int], base: str) -> dict:
         use_dora=False,
         modules_to_save=None,
         bias="none",
-        target_modules=target_modules(list(ranks)),
+        target_modules=target_modules([n for n in ranks if n not in (params or [])]),
+        target_parameters=list(params) if params else None,
         layers_to_transform=None,
         layers_pattern=None,
         init_lora_weights=True,

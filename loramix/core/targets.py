@@ -29,20 +29,22 @@ def linear_modules(model, skip: tuple[str, ...] = SKIP) -> dict[str, tuple[int, 
     return found
 
 
-def resolve_targets(model, targets: list[str] | None, rank: int) -> list[str]:
+def resolve_targets(model, targets: list[str] | None, rank: int, params: list[str] | None = None) -> list[str]:
     """The names to wrap: `targets` checked against the model, or by default its projections.
 
     The default leaves out routers and gates that pick experts (a LoRA on a 1-output gate is not
     low-rank) and any projection smaller than the rank, and says what it left out, 3-D expert
     parameters included. Explicit targets are refused if one matches no module (the modules that
-    exist are listed) or is smaller than the rank.
+    exist are listed) or is smaller than the rank. `params` (3-D expert parameters to train too)
+    must each name one of the model's parameters.
     """
+    _check_params(model, params or [])
     modules = linear_modules(model)
     available = sorted({n.split(".")[-1] for n in modules})
     if not available:
         raise InputError("the base model has no linear projections a LoRA can target")
     if targets is None:
-        return _default_targets(model, modules, rank)
+        return _default_targets(model, modules, rank, trained_params=bool(params))
     chosen = list(dict.fromkeys(targets))
     if not chosen:
         raise InputError("--targets names no module", hint=f"modules that exist: {','.join(available)}")
@@ -67,7 +69,7 @@ def resolve_targets(model, targets: list[str] | None, rank: int) -> list[str]:
     return chosen
 
 
-def _default_targets(model, modules: dict[str, tuple[int, int]], rank: int) -> list[str]:
+def _default_targets(model, modules: dict[str, tuple[int, int]], rank: int, trained_params: bool) -> list[str]:
     from loramix.core import log
 
     kinds: dict[str, list[tuple[int, int]]] = {}
@@ -86,13 +88,24 @@ def _default_targets(model, modules: dict[str, tuple[int, int]], rank: int) -> l
     if small:
         log.warn(f"targets: left out {', '.join(small)}, smaller than --rank {rank}")
     experts = expert_parameters(model)
-    if experts:
+    if experts and not trained_params:
         kinds_3d = sorted({_param_kind(n) for n in experts})
         log.warn(
             f"targets: the routed experts are 3-D parameters ({', '.join(kinds_3d)} in {len(experts)} places), not "
             "linear modules; they are not trained (--target-parameters trains LoRAs on them)"
         )
     return chosen
+
+
+def _check_params(model, params: list[str]) -> None:
+    names = expert_parameters(model)
+    for p in params:
+        if not any(n == p or n.endswith("." + p) for n in names):
+            kinds = sorted({_param_kind(n) for n in names})
+            raise InputError(
+                f"--target-parameters {p}: no such 3-D parameter in the base model",
+                hint=f"parameters that exist: {', '.join(kinds)}" if kinds else "this base has no expert parameters",
+            )
 
 
 def expert_parameters(model) -> list[str]:
@@ -122,6 +135,8 @@ def check_adapter_shapes(model, adapters) -> None:
     check_base_copies(adapters, lambda name: _plain_weight(model, name), "the loaded base")
     for a in adapters:
         for name, m in a.modules.items():
+            if m.slot is not None:  # an expert of a 3-D parameter: read against the base's architecture
+                continue
             if name not in shapes:
                 raise InputError(f"{a.path}: targets {name}, which is not a linear module of the base model")
             if shapes[name] != m.shape:

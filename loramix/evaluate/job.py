@@ -214,7 +214,7 @@ def open_base(c: EvalConfig):
     from loramix.core.adapters import check_compatible, read_adapter
 
     models.quiet_libraries()
-    adapters = [read_adapter(p) for p in c.adapters]
+    adapters = [read_adapter(p, base=c.base) for p in c.adapters]
     for warning in check_compatible(adapters, c.base) if adapters else []:
         log.warn(warning)
     base = models.base_of(adapters, c.base)

@@ -7,8 +7,9 @@ and leave nothing behind. Layers, each holding on its own where it can:
 
 1. A fresh `python -I -S -B` (no PYTHON* variables, no site-packages, no .pyc writes), started
    without `preexec_fn` (no fork of a caller holding a model and threads) in its own session; cwd =
-   HOME = TMPDIR = an empty `mkdtemp()` folder; stdin /dev/null; no inherited fds; the environment
-   is only PATH, LANG, HOME, TMPDIR (no secret of the caller's).
+   HOME = TMPDIR = an empty folder of a random name inside a `mkdtemp()` one that others may pass
+   but not list (0711: a parallel run cannot find it by listing); stdin /dev/null; no inherited fds;
+   the environment is only PATH, LANG, HOME, TMPDIR (no secret of the caller's).
 2. A trusted bootstrap, before the program is read, sets kernel limits from argv, soft and hard (so
    never raised again): RLIMIT_CPU, AS (memory), FSIZE (1 MB a file), NOFILE, CORE 0, NPROC (the
    real uid's tasks, checked at fork: 1 forbids any fork or thread; root is exempt, hence 3; left
@@ -16,30 +17,43 @@ and leave nothing behind. Layers, each holding on its own where it can:
    (UNAUDITED: mknod, mkfifo, setsid, setpgid, pidfd_send_signal...) from os, posix and _signal,
    imports every built-in module and deletes `_imp.create_builtin` (a fresh posix would have them),
    and sets `sys.pycache_prefix` to /dev/null: imports compile from source (marshal is refused).
+   Others it replaces, wherever a module holds them, by stand-ins raising an event the hook refuses
+   (REPLACED): signal handlers and what calls them (signal.signal, setitimer, alarm, set_wakeup_fd,
+   raise_signal, pthread_kill...: a handler runs program code anywhere, inside the hook too),
+   readlink (/proc/<pid>/cwd names another run's folder), the user and group databases (pwd, grp,
+   os.getgrouplist: the C library reads /etc/passwd and /etc/group, no open event); importing their
+   modules again is refused.
 3. As root, it drops to nobody (setgroups, setgid, setuid; setuid(0) must then fail) after opening
    the standard library folders as /proc/self/fd/N (nobody may not reach /root, 0700). The folder
    is chowned to nobody. The OS then forbids writing what root owns, reading root's files and
-   /proc/<parent>/environ, signalling the caller; NPROC applies (shared by all runs).
+   /proc/<parent>/environ, signalling the caller; NPROC applies (shared by all runs). The uid change
+   leaves the process not dumpable (fs.suid_dumpable 0 or 2): the kernel closes its /proc/<pid>
+   links and files (cwd, root, fd, environ...) to the other runs, and the caller's to it.
 4. An audit hook (PEP 578): writes, renames, deletes, chmod... only in the folder, at most 16 files
    or folders created or opened for writing; reads and listings only there and in the standard
    library; no fork, exec, spawn, system, subprocess, signals, sockets, ctypes, mmap, sqlite,
    setrlimit, code objects (`code.__new__`, `marshal.load*`), tracing, other audit hooks, extension
    modules from elsewhere (a /proc/self/fd/N replaced by the program included) or test ones under
    any name. A refusal ends the process at once, exit 86, "refused: <event>": no `except` catches
-   it (an exception raised inside the hook, by a signal handler say, fails the call instead). The
-   hook runs no program code (it looks only at objects of exact builtin types, refuses others) and
-   reads no global: its state is in default arguments, immutable (tuples, str, a mapping proxy, an
-   `itertools.count` that only goes up), so a program that reaches its frames (a finalizer or a
-   signal handler run inside it, then `sys._getframe`) changes nothing.
+   it (an exception raised inside the hook, by a finalizer say, fails the call instead). The hook
+   runs no program code (it looks only at objects of exact builtin types, refuses others) and reads
+   no global: its state is in default arguments, immutable and handing out nothing mutable when
+   compared or called (tuples of str and int, builtins, an `itertools.count` that only goes up; never
+   a mapping proxy, whose == gives its dict to the other side's __eq__), so a program that reaches
+   its frames (a finalizer run inside it by the collector, then `sys._getframe`) changes nothing.
+   It holds no function the program lacks (a directory fd is checked by stat, up its parents).
 5. The parent: a wall-clock deadline; stdout and stderr read as they come, each capped at
    `output_bytes`; the whole process group is killed (SIGKILL) before the leader is reaped; the
    folder is removed whatever happened.
 
-Not protected: metadata anywhere (os.stat, os.access: existence checks raise no audit event).
-Audit hooks are not a security boundary on their own (PEP 578): a flaw in the interpreter or a C
-function without an event gives the program all the rights of its uid: nobody's as root (3), the
-caller's own otherwise, whose files then only 1, 2, 4 and 5 protect. With `processes > 0` each
-process counts its own files.
+Not protected: metadata anywhere (os.stat, os.access, os.getxattr: existence, sizes and times
+raise no audit event; as a normal user this includes /proc/<pid>/cwd/... of the caller's other
+processes and of parallel runs, though never a name: listing and readlink are refused). Audit
+hooks are not a security boundary on their own (PEP 578): a flaw in the interpreter or a C function
+without an event gives the program all the rights of its uid: nobody's as root (3), shared by the
+parallel runs, whose folders then only their unlisted parents and closed /proc links hide; the
+caller's own otherwise, whose files (and the parallel runs') then only 1, 2, 4 and 5 protect. With
+`processes > 0` each process counts its own files.
 """
 
 from __future__ import annotations
@@ -199,15 +213,17 @@ def _remove(folder: str) -> None:
 def run_program(code: str, limits: Limits = Limits()) -> ProgramResult:
     """Run one program in the sandbox; what it prints (or `solution()`'s value) is `output`."""
     start = time.monotonic()
-    folder = os.path.realpath(tempfile.mkdtemp(prefix=PREFIX))
+    outer = os.path.realpath(tempfile.mkdtemp(prefix=PREFIX))
     try:
+        os.chmod(outer, 0o711)  # passed through, not listed: only this run knows its folder's name
+        folder = tempfile.mkdtemp(dir=outer)
         with _start(folder, code, limits) as proc:  # on leaving: pipes closed, the leader reaped
             try:
                 out, err, reason = _collect(proc, limits, start + limits.timeout)
             finally:
                 _kill_group(proc.pid)  # the leader is not reaped yet: its group id is still its own
     finally:
-        _remove(folder)
+        _remove(outer)
     error = reason or _explain(proc.returncode, err)
     output = out[: limits.output_bytes].decode("utf-8", "replace")
     return ProgramResult(output, error is None, error, time.monotonic() - start)

@@ -35,22 +35,49 @@ UNAUDITED = (
     "pidfd_open",
     "pidfd_send_signal",
 )  # removed from os, posix and _signal
+# Calls without an audit event that the program may not make: (module, event, names). The bootstrap
+# imports each module and replaces these functions, wherever a module holds them, by ones that raise
+# the event "<event>.<name>", which the hook refuses; importing the module again is refused too.
+# Signal handlers run program code anywhere, inside the hook included; timers and signals call them.
+# readlink names the folder of another process (/proc/<pid>/cwd); pwd and grp read /etc/passwd and
+# /etc/group through the C library.
+REPLACED = (
+    (
+        "_signal",
+        "signal",
+        (
+            "signal",
+            "setitimer",
+            "alarm",
+            "set_wakeup_fd",
+            "siginterrupt",
+            "raise_signal",
+            "pthread_kill",
+            "pthread_sigmask",
+        ),
+    ),
+    ("posix", "os", ("readlink", "getgrouplist")),
+    ("pwd", "pwd", ("getpwall", "getpwnam", "getpwuid")),
+    ("grp", "grp", ("getgrall", "getgrnam", "getgrgid")),
+)
 
 # Every function reads only its arguments: what it needs is bound as a default at definition time,
-# immutable, so that nothing in the hook's globals (which a program could reach) matters.
+# immutable, so that nothing in the hook's globals (which a program could reach) matters. No default
+# may hand out anything mutable either, compared or called (a mapping proxy's == passes its dict to
+# the other operand's __eq__): tuples of str and int, exact builtins, functions, a count.
 _HOOK = r"""
 from itertools import count
-from os import write, _exit, access, readlink
+from os import write, _exit, access, stat
 DENY = ("os.forkpty", "os.exec", "os.spawn", "os.posix_spawn", "os.system", "os.kill", "os.putenv",
         "os.unsetenv", "os.chdir", "os.link", "os.symlink", "os.startfile", "pty.", "subprocess.",
-        "socket.", "ctypes.", "mmap.", "resource.", "signal.pthread_kill", "fcntl.ioctl", "syslog.",
-        "sqlite3.", "gc.get_", "code.__new__", "marshal.load", "sys.settrace", "sys.setprofile",
-        "sys._current_frames", "sys.addaudithook", "webbrowser.") + FORK
-PATHS = type(type.__dict__)({  # event: (paths, dir_fds), indices into its arguments
-    "os.mkdir": ((0,), (2,)), "os.rmdir": ((0,), (1,)), "os.remove": ((0,), (1,)),
-    "os.rename": ((0, 1), (2, 3)), "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)),
-    "os.utime": ((0,), (3,)), "os.truncate": ((0,), ()), "os.chflags": ((0,), ()),
-    "os.setxattr": ((0,), ()), "os.removexattr": ((0,), ()), "shutil.rmtree": ((0,), (1,))})
+        "socket.", "ctypes.", "mmap.", "resource.", "fcntl.ioctl", "syslog.", "sqlite3.", "gc.get_",
+        "code.__new__", "marshal.load", "sys.settrace", "sys.setprofile", "sys._current_frames",
+        "sys.addaudithook", "webbrowser.") + FORK + REPLACED_EVENTS
+PATHS = (  # (event, paths, dir_fds): indices into its arguments; a tuple, nothing a program could empty
+    ("os.mkdir", (0,), (2,)), ("os.rmdir", (0,), (1,)), ("os.remove", (0,), (1,)),
+    ("os.rename", (0, 1), (2, 3)), ("os.chmod", (0,), (2,)), ("os.chown", (0,), (3,)),
+    ("os.utime", (0,), (3,)), ("os.truncate", (0,), ()), ("os.chflags", (0,), ()),
+    ("os.setxattr", (0,), ()), ("os.removexattr", (0,), ()), ("shutil.rmtree", (0,), (1,)))
 
 def _inside(path, roots, folder=FOLDER, type=type, str=str, bytes=bytes):
     if type(path) is bytes:  # lexical: no "..", no symlink can be made; exact str or bytes only
@@ -74,20 +101,33 @@ def _open_ok(path, writing, inside=_inside, access=access, type=type, int=int, b
         return False  # no directory fd outside the folder (os.open's dir_fd is not in the event);
     return not access(path + (b"/" if type(path) is bytes else "/"), 0)  # no try: nothing to inject
 
-def _dir_fd_ok(fd, inside=_inside, readlink=readlink, type=type, int=int, here=(FOLDER,)):
-    return fd is None or type(fd) is int and (fd == -1 or inside(readlink("/proc/self/fd/%d" % fd), here))
+def _dir_fd_ok(fd, access=access, stat=stat, type=type, int=int, range=range, home=FOLDER_ID):
+    if fd is None or type(fd) is int and fd == -1:
+        return True
+    if type(fd) is not int:
+        return False
+    path = "/proc/self/fd/%d" % fd  # up through its parents (no readlink: the program has none)
+    for _ in range(64):
+        if not access(path, 0):  # not a folder, or a parent it may not pass: not the sandbox's
+            return False
+        found = stat(path)
+        if (found.st_dev, found.st_ino) == home:
+            return True
+        path = path + "/.."
+    return False
 
-def _lib_ok(path, inside=_inside, readlink=readlink, lib_roots=LIB_ROOTS, lib_fds=LIB_FDS):
+def _lib_ok(path, inside=_inside, stat=stat, lib_roots=LIB_ROOTS, lib_fds=LIB_FDS):
     if not inside(path, lib_roots):
         return False
-    for fd_path, target in lib_fds:  # the program may have put its own folder there (dup2)
-        if readlink(fd_path) != target:
+    for fd_path, dev, ino in lib_fds:  # the program may have put its own folder there (dup2)
+        found = stat(fd_path)
+        if found.st_dev != dev or found.st_ino != ino:
             return False
     return True
 
-def _why_paths(event, args, paths, inside=_inside, show=_show, open_ok=_open_ok, dir_fd_ok=_dir_fd_ok,
-               created=count(), most=CREATED, next=next, here=(FOLDER,), type=type, int=int, str=str,
-               write=WRITE):
+def _why_paths(event, args, paths, dir_fds, inside=_inside, show=_show, open_ok=_open_ok,
+               dir_fd_ok=_dir_fd_ok, created=count(), most=CREATED, next=next, here=(FOLDER,), type=type,
+               int=int, str=str, write=WRITE):
     if event == "open":  # (path, mode: str for open() and C's fopen, None for os.open; flags)
         path, mode, flags = args[0], args[1], args[2]
         if type(flags) is not int or mode is not None and type(mode) is not str:
@@ -99,10 +139,10 @@ def _why_paths(event, args, paths, inside=_inside, show=_show, open_ok=_open_ok,
         if writing and type(path) is not int and next(created) >= most:
             return "open: more than %d files created or written" % most
         return None
-    for i in paths[0]:
+    for i in paths:
         if not inside(args[i], here):
             return event + " " + show(args[i])
-    for i in paths[1]:
+    for i in dir_fds:
         if not dir_fd_ok(args[i]):
             return event + " with dir_fd"
     if event == "os.mkdir" and next(created) >= most:
@@ -110,13 +150,15 @@ def _why_paths(event, args, paths, inside=_inside, show=_show, open_ok=_open_ok,
     return None
 
 def _why(event, args, deny=DENY, table=PATHS, why_paths=_why_paths, inside=_inside, show=_show,
-         lib_ok=_lib_ok, read_roots=READ_ROOTS, bad=BAD_MODULES, bad_prefixes=BAD_PREFIXES,
-         no_paths=((), ()), type=type, str=str, int=int):
+         lib_ok=_lib_ok, read_roots=READ_ROOTS, bad=BAD_MODULES, bad_prefixes=BAD_PREFIXES, type=type,
+         str=str, int=int):
     if event.startswith(deny):
         return event
-    paths = table.get(event, no_paths)
-    if event == "open" or paths is not no_paths:
-        return why_paths(event, args, paths)
+    if event == "open":
+        return why_paths(event, args, (), ())
+    for name, paths, dir_fds in table:
+        if name == event:
+            return why_paths(event, args, paths, dir_fds)
     if event == "os.listdir" or event == "os.scandir":
         path = args[0]
         ok = path is None or type(path) is int or inside(path, read_roots)
@@ -159,10 +201,29 @@ del _imp.create_builtin
 for module, name in [(m, n) for m in (os, posix, _signal) for n in UNAUDITED]:
     vars(module).pop(name, None)
 os.__all__[:] = [n for n in os.__all__ if n not in UNAUDITED]
+
+def refusal(event, audit=sys.audit):  # a stand-in: the hook refuses its event, ending the program
+    return lambda *args, **kwargs: audit(event)
+
+def replace():  # REPLACED's functions, wherever a module holds them (os: posix's); none is kept
+    stand_ins = {}  # id(function): (function, its stand-in)
+    for module_name, event, names in REPLACED:
+        try:
+            module = __import__(module_name)  # grp too, while the library is reachable
+        except ImportError:
+            continue
+        stand_ins.update((id(f), (f, refusal(event + "." + n))) for n, f in vars(module).items() if n in names)
+    for module in list(sys.modules.values()):
+        for name, value in list(vars(module).items()):
+            if id(value) in stand_ins and stand_ins[id(value)][0] is value:
+                vars(module)[name] = stand_ins[id(value)][1]
+
+replace()
+home = os.stat(folder)
 lib, lib_fds = [p for p in sys.path if os.path.exists(p)], ()
 if uid >= 0:  # nobody may not reach the interpreter's folders: keep them open, as /proc/self/fd/N
     fds = {p: "/proc/self/fd/%d" % os.open(p, os.O_RDONLY) for p in lib}
-    lib_fds = tuple((v, os.readlink(v)) for v in fds.values())
+    lib_fds = tuple((v, s.st_dev, s.st_ino) for v in fds.values() for s in [os.stat(v)])
     for m in [m for m in sys.modules.values() if isinstance(getattr(m, "__path__", None), list)]:
         m.__path__[:] = [next((v + q[len(k):] for k, v in fds.items() if q.startswith(k + "/")), q)
                          for q in m.__path__]
@@ -180,7 +241,9 @@ exec(HOOK + "\n_add(_hook)", {
     "__builtins__": dict(vars(builtins)), "_add": sys.addaudithook, "FOLDER": folder,
     "LIB_ROOTS": libs, "LIB_FDS": lib_fds, "READ_ROOTS": libs + (folder, "/dev/null", "/dev/urandom"),
     "FORK": ("os.fork",) if processes == 0 else (), "REFUSED": EXIT_REFUSED, "CREATED": CREATED_FILES,
-    "BAD_MODULES": BAD_MODULES, "BAD_PREFIXES": BAD_PREFIXES,
+    "REPLACED_EVENTS": tuple(e + "." + n for _, e, names in REPLACED for n in names),
+    "BAD_MODULES": BAD_MODULES + tuple(m for m, _, _ in REPLACED), "BAD_PREFIXES": BAD_PREFIXES,
+    "FOLDER_ID": (home.st_dev, home.st_ino),
     "WRITE": os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND})
 
 class Out:  # was anything printed? If not, print solution()'s value
@@ -199,5 +262,6 @@ if not out.used and callable(namespace.get("solution")):
     print(namespace["solution"]())
 """
 
-_CONSTANTS = (_HOOK, EXIT_REFUSED, CREATED_FILES, BAD_MODULES, BAD_PREFIXES, UNAUDITED)
-BOOTSTRAP = f"HOOK, EXIT_REFUSED, CREATED_FILES, BAD_MODULES, BAD_PREFIXES, UNAUDITED = {_CONSTANTS!r}\n{_BOOTSTRAP}"
+_CONSTANTS = (_HOOK, EXIT_REFUSED, CREATED_FILES, BAD_MODULES, BAD_PREFIXES, UNAUDITED, REPLACED)
+_NAMES = "HOOK, EXIT_REFUSED, CREATED_FILES, BAD_MODULES, BAD_PREFIXES, UNAUDITED, REPLACED"
+BOOTSTRAP = f"{_NAMES} = {_CONSTANTS!r}\n{_BOOTSTRAP}"

@@ -30,6 +30,8 @@ class AdapterSummary:
     size_bytes: int | None
     delta_norm: Grid
     module_stats: dict[str, dict]  # module -> rank, scale, shape, delta_norm
+    problems: list[str]  # why it cannot be merged exactly (empty when it can)
+    base_copies: list[str]  # modules whose base weight it also holds
 
     def to_json(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "delta_norm": self.delta_norm.to_json()}
@@ -86,7 +88,7 @@ class CatView:
 
 
 def _span(xs: list) -> dict:
-    return {"min": min(xs), "max": max(xs)}
+    return {"min": min(xs), "max": max(xs)} if xs else {"min": None, "max": None}
 
 
 def adapter_report(adapter: Adapter) -> AdapterSummary:
@@ -103,7 +105,7 @@ def adapter_report(adapter: Adapter) -> AdapterSummary:
         lora_alpha=adapter.config.get("lora_alpha"),
         use_rslora=bool(adapter.config.get("use_rslora")),
         scale=_span([m.scale for m in mods.values()]),
-        dtype=str(adapter.dtype).removeprefix("torch."),
+        dtype=str(adapter.dtype).removeprefix("torch.") if mods else "-",
         parameters=adapter.num_parameters,
         size_bytes=(adapter.path / WEIGHTS_NAME).stat().st_size if adapter.path else None,
         delta_norm=g,
@@ -111,6 +113,8 @@ def adapter_report(adapter: Adapter) -> AdapterSummary:
             n: {"rank": m.rank, "scale": m.scale, "shape": list(m.shape), "delta_norm": norms[n]}
             for n, m in mods.items()
         },
+        problems=list(adapter.problems),
+        base_copies=sorted(adapter.base_copies),
     )
 
 

@@ -86,8 +86,9 @@ class BaseWeights:
 
     def check_modules(self, adapters) -> None:
         """Every module of the adapters must exist in the base with the shape of its delta, stored
-        (out, in) or, for GPT-2's Conv1D, (in, out); records which are stored transposed."""
-        shapes = {n: m.shape for a in adapters for n, m in a.modules.items()}
+        (out, in) or, for GPT-2's Conv1D, (in, out); records which are stored transposed. Experts
+        of a 3-D parameter were read against this base's architecture (loramix.core.params)."""
+        shapes = {n: m.shape for a in adapters for n, m in a.modules.items() if m.slot is None}
         for name in shapes:
             if f"{name}.weight" not in self.headers:
                 raise InputError(f"module {name} of the adapters is not in the base model {self.folder}")
@@ -108,19 +109,54 @@ def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_mod
         raise InputError(f"{base.folder}: is quantized; --into-base needs full-precision weights")
     base.check_modules(adapters)
     names = module_names(adapters)
+    slots = {n: m.slot for a in adapters for n, m in a.modules.items() if m.slot is not None}
 
-    def delta(key: str) -> torch.Tensor:
-        name = key.removesuffix(".weight")
+    def module_delta(name: str, transposed: bool) -> torch.Tensor:
         d = merge_module(method, adapters, opts, name).delta()
         if on_module:
             on_module(name)
-        return d.T if base.transposed[name] else d
+        return d.T if transposed else d
 
-    _write_shards(base.files, base.headers, {f"{n}.weight" for n in names}, delta, folder)
+    if slots:  # experts are stored per expert on disk (transformers converts them on loading)
+        _through_transformers(base, names, slots, module_delta, folder)
+    else:
+        delta = lambda key: module_delta(key.removesuffix(".weight"), base.transposed[key.removesuffix(".weight")])  # noqa: E731
+        _write_shards(base.files, base.headers, {f"{n}.weight" for n in names}, delta, folder)
     for p in base.folder.iterdir():
-        if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.name != INDEX_NAME:
+        if (
+            p.is_file()
+            and not p.name.endswith(WEIGHT_SUFFIXES)
+            and p.name != INDEX_NAME
+            and not (folder / p.name).exists()
+        ):
             shutil.copy2(p, folder / p.name)
     return str(base.folder)
+
+
+def _through_transformers(base: BaseWeights, names: list[str], slots: dict, module_delta, folder: Path) -> None:
+    """Merge through transformers' own loading and saving, the whole model in memory: checkpoints
+    keep routed experts one tensor per expert (Mixtral's experts.E.w1/w3 for the fused gate_up_proj)
+    and only transformers knows each model's conversion."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base.folder, dtype="auto", use_safetensors=True)
+    weights = dict(model.named_parameters())
+    experts: dict[str, list[str]] = {}
+    for name in names:
+        if name in slots:
+            experts.setdefault(slots[name].key, []).append(name)
+    with torch.no_grad():
+        for name in names:
+            if name not in slots:
+                w = weights[f"{name}.weight"]
+                w.copy_((w.float() + module_delta(name, base.transposed[name])).to(w.dtype))
+        for key, members in experts.items():
+            w = weights[key]
+            for name in members:
+                slot = slots[name]
+                target = w[slot.expert] if slot.experts > 1 else w
+                target.copy_((target.float() + module_delta(name, slot.transposed)).to(w.dtype))
+    model.save_pretrained(folder, safe_serialization=True)
 
 
 def _write_shards(

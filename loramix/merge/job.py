@@ -102,7 +102,7 @@ def _is_number(text: str) -> bool:
 
 def load_adapters(paths: list[Path], base: str | None = None) -> tuple[list[Adapter], list[str]]:
     """The adapters, checked against each other (and `base`), and what the user should know."""
-    adapters = [read_adapter(p) for p in paths]
+    adapters = [read_adapter(p, base=base) for p in paths]
     warnings = check_compatible(adapters, base)
     if len(adapters) == 1:
         warnings.append(f"one adapter given: the result is {adapters[0].path} itself, reshaped by the method")
@@ -184,7 +184,8 @@ def _write_adapter(method, adapters, opts, req: MergeRequest, folder: Path, on_m
     dtypes = {a.dtype for a in adapters}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     base = base_record(req.base) if req.base is not None else adapters[0].base
-    config, factors = layout(merged.factors, req.profile, adapters[0].config, base, dtype)
+    slots = {n: m.slot for a in adapters for n, m in a.modules.items() if m.slot is not None}
+    config, factors = layout(merged.factors, req.profile, adapters[0].config, base, dtype, slots)
     write_adapter(folder, config, factors)
     errors = merged.errors
     report.rank = Span.of([A.shape[0] for A, _ in factors.values()])

@@ -150,7 +150,15 @@ def prepare(c: CatConfig) -> Fitting:
     models.quiet_libraries()
     data_files = tuple(Path(d) for d in c.data if not d.startswith("builtin:"))
     check_out(c.out, c.force, inputs=tuple(c.adapters) + data_files)
-    adapters = [read_adapter(p) for p in c.adapters]
+    adapters = [read_adapter(p, base=c.base) for p in c.adapters]
+    for a in adapters:
+        experts = sorted({m.slot.key.rsplit(".", 1)[-1] for m in a.modules.values() if m.slot is not None})
+        if experts:
+            raise InputError(
+                f"{a.path}: holds LoRAs on expert parameters ({', '.join(experts)}); fit-cat learns the weights of "
+                "LoRAs on linear modules only",
+                hint="merge it with loramix merge, or retrain the skill without --target-parameters",
+            )
     for warning in check_compatible(adapters, c.base):
         log.warn(warning)
     base = models.base_of(adapters, c.base)

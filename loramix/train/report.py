@@ -46,6 +46,7 @@ class TrainOptions:
     seed: int
     load_in_4bit: bool
     limit: int | None
+    target_parameters: list[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ RUN_KEYS = (
     "seed",
     "load_in_4bit",
     "dtype",
+    "target_parameters",
 )
 BUNDLED_LR, OTHER_LR = 1e-3, 2e-4
 
@@ -48,6 +49,7 @@ class TrainConfig:
     rank: int = 32
     alpha: float = 64.0
     targets: list[str] | None = None  # default: every attention and MLP projection
+    target_parameters: list[str] | None = None  # 3-D expert parameters to train LoRAs on too (MoE)
     lr: float | None = None  # default: 1e-3 on loramix-tiny, 2e-4 elsewhere
     epochs: int = 1
     max_steps: int | None = None
@@ -139,6 +141,7 @@ def prepare(c: TrainConfig) -> Prepared:
         seed=c.seed,
         load_in_4bit=c.load_in_4bit,
         limit=c.limit,
+        target_parameters=c.target_parameters,
     )
     folder = checkpoint.checkpoint_dir(c.out)
     settings = loop.LoopSettings(
@@ -187,12 +190,13 @@ def _add_lora(model, c: TrainConfig):
 
     from loramix.core.targets import resolve_targets
 
-    targets = resolve_targets(model, c.targets, c.rank)
+    targets = resolve_targets(model, c.targets, c.rank, c.target_parameters)
     torch.manual_seed(c.seed)
     config = LoraConfig(
         r=c.rank,
         lora_alpha=c.alpha,  # type: ignore[arg-type]  # annotated int; PEFT computes alpha / r in floats
         target_modules=targets,
+        target_parameters=c.target_parameters or None,
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",

@@ -76,3 +76,54 @@ def test_moe_gates_are_left_out_of_the_default_targets(tmp_path):
     )
     assert named.exit_code == 2 and "larger than model.layers.0.mlp.shared_expert_gate (1x64)" in named.stderr
     assert "leave shared_expert_gate out of --targets" in named.stderr
+
+
+def test_moe_experts_train_with_target_parameters_and_merge(tmp_path):
+    """--target-parameters trains LoRAs on Mixtral's 3-D experts; the adapter reads expert by expert
+    and merges (exactly, for linear)."""
+    base = tiny_model("mixtral", tmp_path / "base")
+    params = "mlp.experts.gate_up_proj,mlp.experts.down_proj"
+    for name, seed in (("a", "0"), ("b", "1")):
+        result = runner.invoke(
+            app,
+            [
+                "train-skill",
+                "builtin:math",
+                "-o",
+                str(tmp_path / name),
+                "--base",
+                str(base),
+                *TRAIN,
+                "--target-parameters",
+                params,
+                "--seed",
+                seed,
+                "--lr",
+                "0.01",
+            ],
+        )
+        assert result.exit_code == 0, result.stderr
+        assert "routed experts are 3-D parameters" not in result.stderr
+    log = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    assert log["options"]["target_parameters"] == params.split(",")
+    merged = runner.invoke(
+        app, ["merge", str(tmp_path / "a"), str(tmp_path / "b"), "-m", "linear", "-o", str(tmp_path / "m"), "--json"]
+    )
+    assert merged.exit_code == 0, merged.stderr
+    report = json.loads(merged.stdout)
+    assert report["exact"] and any(".experts.3.gate_up_proj" in n for n in report["errors"])
+    wrong = runner.invoke(
+        app,
+        [
+            "train-skill",
+            "builtin:math",
+            "-o",
+            str(tmp_path / "x"),
+            "--base",
+            str(base),
+            *TRAIN,
+            "--target-parameters",
+            "mlp.experts.up_proj",
+        ],
+    )
+    assert wrong.exit_code == 2 and "no such 3-D parameter" in wrong.stderr and "gate_up_proj" in wrong.stderr

@@ -89,7 +89,9 @@ def _cell(v: float | None, lo: float, hi: float, color: bool) -> Text:
 
 
 def fmt_span(span: dict, fmt=str) -> str:
-    """{'min': 4, 'max': 8} -> '4–8'; equal ends -> '4'."""
+    """{'min': 4, 'max': 8} -> '4–8'; equal ends -> '4'; no values -> '-'."""
+    if span["min"] is None:
+        return "-"
     return fmt(span["min"]) if span["min"] == span["max"] else f"{fmt(span['min'])}–{fmt(span['max'])}"
 
 

@@ -80,7 +80,12 @@ def adapter_view(r: AdapterSummary, color: bool) -> list:
         ],
     )
     g = r.delta_norm
-    return [summary, "", heatmap("‖ΔW‖_F per layer and module", g.rows, short(g.cols), g.values, color=color)]
+    notes = [f"cannot be merged: {p}" for p in r.problems]
+    notes += [f"holds copies of the base's {', '.join(r.base_copies)} (checked against a base, then left out)"] * bool(
+        r.base_copies
+    )
+    picture = heatmap("‖ΔW‖_F per layer and module", g.rows, short(g.cols), g.values, color=color) if g.rows else ""
+    return [summary, *notes, "", picture]
 
 
 def compare_view(r: Comparison, color: bool) -> list:
