@@ -85,7 +85,7 @@ def run(args: list) -> tuple[int, str]:
 
     from loramix.cli.app import app
 
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = CliRunner(env={"COLUMNS": "1000"}).invoke(app, [str(a) for a in args])
     lines = [line for line in result.stderr.splitlines() if line.startswith("error")]
     return result.exit_code, lines[0] if lines else (result.stderr.strip().splitlines() or [""])[-1]
 
@@ -97,9 +97,9 @@ def probe(family: str, root: Path) -> dict[str, str]:
     base = tiny_model(family, root / "base")
     out: dict[str, str] = {}
 
-    def step(name: str, args: list[str]) -> bool:
+    def step(name: str, args: list) -> bool:
         code, message = run(args)
-        out[name] = "ok" if code == 0 else f"exit {code}: {message}"
+        out[name] = "ok" if code == 0 else f"exit {code}: {message.replace(str(root), '…')}"
         return code == 0
 
     a, b = root / "a", root / "b"
