@@ -10,7 +10,8 @@ import shutil
 import pytest
 import torch
 
-from loramix.core.adapters import Adapter, LoraModule, check_compatible, pattern_value, read_adapter
+from loramix.core.adapters import Adapter, LoraModule, pattern_value, read_adapter
+from loramix.core.compat import check_compatible
 from loramix.core.errors import AdapterError
 from loramix.core.profiles import lora_config, write_adapter
 from tests.helpers import TARGETS, make_adapter

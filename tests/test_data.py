@@ -156,7 +156,7 @@ def test_missing_file(tmp_path):
 
 
 def test_a_folder_is_not_a_file(tmp_path):
-    refused(tmp_path, str(tmp_path), "no such file")
+    refused(tmp_path, str(tmp_path), "is a folder, not a JSONL file")
 
 
 def test_empty_file(tmp_path):
@@ -482,3 +482,26 @@ def test_dump_failing_to_rename_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         data.dump(Dataset("x", [PROMPT, TEXT]), out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_huge_row_costs_what_its_kept_tokens_cost():
+    """A 5 MB row is cut to what --max-length can keep before it is tokenized, with the same result."""
+    from loramix.core import models
+
+    tokenizer = models.load_tokenizer(models.bundled_path())
+    seen = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def __call__(self, text, **kw):
+            seen.append(len(text))
+            return tokenizer(text, **kw)
+
+    text = "print(12 + 34) " * 350_000
+    ids, _ = data.tokenize({"text": text}, Spy(), 64)
+    assert len(ids) == 64 and ids == tokenizer(text[:10_000]).input_ids[:64]
+    assert max(seen) <= 64 * data.CHARS_PER_TOKEN
+    prompt, _ = data.tokenize({"prompt": text, "completion": text}, Spy(), 64)
+    assert len(prompt) == 64 and max(seen) <= 2 * 64 * data.CHARS_PER_TOKEN  # prompt and completion, each cut

@@ -123,4 +123,16 @@ app.command("demo")(demo.demo)
 
 
 def main() -> None:
-    app(prog_name="loramix")
+    try:
+        app(prog_name="loramix")
+    finally:
+        _quiet_teardown()
+
+
+def _quiet_teardown() -> None:
+    """After the command, a further Ctrl-C (while Python joins threads and exits) ends the
+    process at once with 130 instead of printing a traceback from threading._shutdown."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))

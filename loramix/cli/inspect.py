@@ -29,7 +29,8 @@ def inspect(
     Example: loramix inspect math/ code/ --svg compare.svg
     """
     from loramix.cli.render import progress, views
-    from loramix.core.adapters import check_compatible, read_adapter
+    from loramix.core.adapters import read_adapter
+    from loramix.core.compat import check_compatible
     from loramix.inspect.report import adapter_report, compare_report
 
     if len(paths) > 2:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loramix.core import params
+from loramix.core import jsontext, params
 from loramix.core.errors import AdapterError
 
 if TYPE_CHECKING:
@@ -146,12 +146,33 @@ def read_adapter(path: str | Path, strict: bool = True, base: str | None = None)
         message, hint = problems[0]
         raise AdapterError(message, hint=hint)
     modules, copies = _build_modules(path, config, tensors, skip=bool(problems), base=base)
+    problems += _coverage_problems(path, config, [n for n, m in modules.items() if m.slot is None])
+    if strict and problems:
+        message, hint = problems[0]
+        raise AdapterError(message, hint=hint)
     return Adapter(path=path, config=config, modules=modules, base_copies=copies, problems=[m for m, _ in problems])
+
+
+def _coverage_problems(path: Path, config: dict, names: list[str]) -> list[tuple[str, str]]:
+    """Stored modules PEFT would not load (loramix.core.coverage): merge would use them, eval not."""
+    from loramix.core.coverage import unloaded
+
+    left = unloaded(config, names)
+    if not left:
+        return []
+    return [
+        (
+            f"{path / CONFIG_NAME}: target_modules {json.dumps(config.get('target_modules'))} leaves out {len(left)} of "
+            f"the {len(names)} modules the weights hold (e.g. {left[0]}); PEFT would ignore them",
+            "fix target_modules (or layers_to_transform) in adapter_config.json, or remove those weights",
+        )
+    ]
 
 
 def _read_config(path: Path) -> dict:
     if not path.exists():
-        raise AdapterError(f"{path}: no such adapter folder")
+        why = "is a symbolic link that loops" if path.is_symlink() else "no such adapter folder"
+        raise AdapterError(f"{path}: {why}")
     if not path.is_dir():
         raise AdapterError(
             f"{path}: is a file, not an adapter folder",
@@ -161,7 +182,7 @@ def _read_config(path: Path) -> dict:
     if not cfg_path.is_file():
         raise AdapterError(f"{cfg_path}: missing; {path} is not a PEFT adapter folder")
     try:
-        config = json.loads(cfg_path.read_text())
+        config = jsontext.loads(cfg_path.read_text(), str(cfg_path))
     except json.JSONDecodeError as e:
         raise AdapterError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})")
     except UnicodeDecodeError:
@@ -293,6 +314,7 @@ def _param_modules(weights: Path, config: dict, pairs: dict, targets: list[str],
         if set(pair) != {"A", "B"}:
             raise AdapterError(f"{weights}: module {name} has no {'lora_B' if 'B' not in pair else 'lora_A'} weight")
         for part in ("A", "B"):
+            _refuse_non_float(weights, f"module {name} lora_{part}", pair[part])
             _refuse_non_finite(weights, f"module {name} lora_{part}", pair[part])
     folder = local_folder(base or str(config.get("base_model_name_or_path") or ""))
     experts = params.read(
@@ -364,8 +386,22 @@ def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraMod
     if int(expected) != A.shape[0]:
         raise AdapterError(f"{weights}: module {name} has rank {A.shape[0]} but {CONFIG_NAME} says r={expected}")
     for part, t in (("lora_A", A), ("lora_B", B)):
+        _refuse_non_float(weights, f"module {name} {part}", t)
         _refuse_non_finite(weights, f"module {name} {part}", t)
     return LoraModule(A=A, B=B, scale=module_scale(config, name, A.shape[0]))
+
+
+def _refuse_non_float(weights: Path, what: str, t: torch.Tensor) -> None:
+    """Integers overflow, booleans halve a delta, complex numbers lose a part, and 8-bit floats are
+    no format a LoRA is trained in: only float16, bfloat16, float32 and float64 are read."""
+    import torch
+
+    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise AdapterError(
+            f"{weights}: {what} is {str(t.dtype).removeprefix('torch.')}; LoRA weights must be float16, bfloat16, "
+            "float32 or float64",
+            hint="save the adapter again in one of those",
+        )
 
 
 def _refuse_non_finite(weights: Path, what: str, t: torch.Tensor) -> None:
@@ -379,70 +415,3 @@ def _refuse_non_finite(weights: Path, what: str, t: torch.Tensor) -> None:
         f"{weights}: {what} holds {found} value{'s' if sum(counts.values()) > 1 else ''}",
         hint="its training diverged or the file is damaged; retrain it or restore a good copy",
     )
-
-
-def check_compatible(adapters: list[Adapter], base: str | None = None) -> list[str]:
-    """Refuse adapters that do not share a base or module shapes. Two spellings of one base
-    (loramix-tiny and its folder, a hub id and its cached snapshot) are one base. With `base` given
-    (--base) adapters that record another one are accepted, with a warning returned for each: the
-    caller checks their shapes against it. (fan_in_fan_out says how the base stored a weight when the
-    adapter was trained, not how A and B are laid out, which is always A (r, in) and B (out, r);
-    merging into a base reads the orientation from the base itself.)"""
-    from loramix.core.models import same_base
-
-    first, warnings = adapters[0], []
-    shapes: dict[str, tuple[tuple[int, int], Adapter]] = {}
-    for a in adapters:
-        if base is not None and not same_base(a.base, base):
-            warnings.append(f"{a.path} records the base {a.base!r}; used with {base} (shapes are checked against it)")
-        elif base is None and not same_base(a.base, first.base):
-            raise AdapterError(
-                f"adapters for different bases: {first.path} was trained on {first.base!r}, {a.path} on {a.base!r}",
-                hint="if both name the same model, pass --base BASE (its folder or hub id) to merge them onto it; "
-                "every module's shape is checked against it",
-            )
-        for name, m in a.modules.items():
-            seen = shapes.setdefault(name, (m.shape, a))
-            if seen[0] != m.shape:
-                raise AdapterError(
-                    f"module {name} has shape {seen[0]} in {seen[1].path} but {m.shape} in {a.path}",
-                    hint="the adapters were trained on different models",
-                )
-    return warnings
-
-
-def check_base_copies(adapters: list[Adapter], weight_of, base: str) -> None:
-    """Check the copies of base weights the adapters hold against `base` (weight_of(module) -> its
-    tensor, or None where the base has none to compare): a copy that differs means the adapter was
-    trained on another base (a resized vocabulary, say) and is refused; what cannot be checked is
-    said on the log."""
-
-    from loramix.core import log
-
-    for a in adapters:
-        unchecked = []
-        for name, copy in a.base_copies.items():
-            weight = weight_of(name)
-            if weight is None:
-                unchecked.append(name)
-                continue
-            if tuple(weight.shape) != tuple(copy.shape):
-                why = f"has shape {tuple(copy.shape)}, the base's {tuple(weight.shape)}"
-            else:
-                gap = float((weight.detach().float() - copy.float()).abs().max())
-                if gap <= 1e-3 * max(1.0, float(copy.float().abs().max())):
-                    continue
-                why = f"differs from the base's by up to {gap:.3g}"
-            raise AdapterError(
-                f"{a.path}: its copy of {name}.weight {why} ({base})",
-                hint="the adapter was trained on another base (a resized vocabulary?); merge it with that base",
-            )
-        if unchecked:
-            log.note(
-                f"{a.path}: holds copies of the base's {', '.join(unchecked)} that {base} has no weight to "
-                "compare with; they are not used"
-            )
-        elif a.base_copies:
-            log.note(
-                f"{a.path}: its copies of {', '.join(a.base_copies)} match {base}; they are not needed and left out"
-            )

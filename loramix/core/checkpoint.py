@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from loramix.core import jsontext
 from loramix.core.errors import InputError
 from loramix.core.outputs import atomic_dir
 
@@ -43,7 +44,7 @@ def load(folder: Path) -> tuple[dict, dict, dict]:
     if not (folder / STATE).is_file():
         raise InputError(f"{folder}: no checkpoint to resume from", hint="run without --resume to start afresh")
     try:
-        state = json.loads((folder / STATE).read_text())
+        state = jsontext.loads((folder / STATE).read_text(), str(folder / STATE))
         weights = load_file(str(folder / "weights.safetensors"))
         flat = load_file(str(folder / "optimizer.safetensors"))
     except Exception as e:

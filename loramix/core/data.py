@@ -13,10 +13,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from loramix.core import log
+from loramix.core import jsontext, log
 from loramix.core.errors import InputError
 
 IGNORE = -100
+# a bound on the characters one token covers (real vocabularies stay far below it), so that a
+# 50 MB row costs what its first --max-length tokens cost
+CHARS_PER_TOKEN = 64
 BUILTIN = "builtin:"
 
 
@@ -59,7 +62,9 @@ def _builtin(source: str, limit: int | None) -> list[dict]:
 
 def _jsonl(path: Path, limit: int | None) -> list[dict]:
     if not path.is_file():
-        raise InputError(f"{path}: no such file", hint="DATA is a JSONL file or builtin:NAME (see `loramix data`)")
+        raise InputError(
+            f"{path}: {_not_a_file(path)}", hint="DATA is a JSONL file or builtin:NAME (see `loramix data`)"
+        )
     rows = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, 1):
@@ -79,9 +84,27 @@ def _jsonl(path: Path, limit: int | None) -> list[dict]:
     return rows
 
 
+def _not_a_file(path: Path) -> str:
+    """What a DATA path that is no regular file is."""
+    import stat
+
+    if path.is_symlink() and not path.exists():
+        return "is a broken or looping symbolic link"
+    if not path.exists():
+        return "no such file"
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a JSONL file"
+    if stat.S_ISFIFO(mode):
+        return "is a named pipe (FIFO), not a JSONL file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "is a device, not a JSONL file"
+    return "is not a regular file"
+
+
 def _parse(line: str, path: Path, number: int) -> dict:
     try:
-        row = json.loads(line)
+        row = jsontext.loads(line, f"{path}:{number}")
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{number}: not JSON ({e.msg} at column {e.colno})")
     if not isinstance(row, dict):
@@ -125,12 +148,13 @@ def _check_messages(messages, where: str) -> None:
 def tokenize(row: dict, tokenizer, max_length: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for one row, cut to max_length; prompt tokens carry no loss."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    cut = max_length * CHARS_PER_TOKEN  # past this many characters no text can add a kept token
     if "prompt" in row:
-        prompt, completion = split_tokens(tokenizer, row["prompt"], row["completion"])
+        prompt, completion = split_tokens(tokenizer, row["prompt"][:cut], row["completion"][:cut])
         completion = completion + eos
         ids, labels = prompt + completion, [IGNORE] * len(prompt) + completion
     elif "text" in row:
-        ids = tokenizer(row["text"]).input_ids + eos
+        ids = tokenizer(row["text"][:cut]).input_ids + eos
         labels = list(ids)
     else:
         ids, labels = _chat(row["messages"], tokenizer)
@@ -229,11 +253,16 @@ def jsonl_lines(rows: list[dict]):
         yield json.dumps(row, ensure_ascii=False)
 
 
+def input_files(sources: list[str]) -> list[Path]:
+    """The files among DATA sources (builtin: data is no file), to keep outputs off them."""
+    return [Path(s) for s in sources if not s.startswith(BUILTIN)]
+
+
 def dump(dataset: Dataset, path: Path, force: bool = False) -> int:
     """Write the rows as JSONL to `path` (via a temporary file renamed into place)."""
     from loramix.core.outputs import check_file, write_text_atomic
 
-    check_file(path, force, "--dump")
+    check_file(path, force, "--dump", input_files([dataset.source]))
     write_text_atomic(path, "".join(line + "\n" for line in jsonl_lines(dataset.rows)))
     return len(dataset.rows)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from loramix.core import params
 from loramix.core.adapters import A_SUFFIX, B_SUFFIX, CONFIG_NAME, PREFIX, WEIGHTS_NAME
+from loramix.core.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -141,12 +142,26 @@ def target_modules(names: list[str]) -> list[str]:
     return sorted(names)
 
 
+def check_finite(name: str, *tensors: torch.Tensor) -> None:
+    """A result holding Inf or NaN is refused before it is written: a weight, a lora_alpha or a
+    merge far too large overflowed (in float32, or in the half-precision dtype written)."""
+    import torch
+
+    if all(bool(torch.isfinite(t).all()) for t in tensors):
+        return
+    raise InputError(
+        f"the merged weights of {name} are not finite (Inf or NaN): they overflowed",
+        hint="check the --weights and each adapter's lora_alpha for values far too large",
+    )
+
+
 def write_adapter(folder: Path, config: dict, factors: dict[str, tuple]) -> None:
     """Write `adapter_config.json` and `adapter_model.safetensors` (PEFT's key names) into `folder`."""
     from safetensors.torch import save_file
 
     tensors = {}
     for name, (A, B) in factors.items():
+        check_finite(name, A, B)
         tensors[f"{PREFIX}{name}{A_SUFFIX}"] = A.contiguous()
         tensors[f"{PREFIX}{name}{B_SUFFIX}"] = B.contiguous()
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

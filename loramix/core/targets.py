@@ -129,7 +129,7 @@ def check_adapter_shapes(model, adapters) -> None:
     """Every adapter module must be a linear projection of the same (out, in) shape in the base
     (the output head included: other trainers target it), and the copies of base weights adapters
     hold must be the base's."""
-    from loramix.core.adapters import check_base_copies
+    from loramix.core.compat import check_base_copies
 
     shapes = {name: (fan_out, fan_in) for name, (fan_in, fan_out) in linear_modules(model, skip=()).items()}
     check_base_copies(adapters, lambda name: _plain_weight(model, name), "the loaded base")

@@ -71,7 +71,13 @@ def check_options(c: EvalConfig) -> None:
             "--few-shot and --chat-template shape generated prompts; --metric loss scores the rows as they are"
         )
     if c.predictions is not None:
-        check_file(c.predictions, c.force, "--predictions")
+        from loramix.core import models
+        from loramix.core.data import input_files
+
+        inputs = input_files([c.data] + ([str(c.few_shot)] if c.few_shot else [])) + list(c.adapters)
+        base = models.local_folder(c.base) if c.base is not None else None
+        inputs += [base] if base is not None else []
+        check_file(c.predictions, c.force, "--predictions", inputs)
 
 
 def source_of(data: str) -> str:
@@ -211,7 +217,8 @@ def run_programs(c: EvalConfig):
 def open_base(c: EvalConfig):
     """The adapters (checked), the base to load and its tokenizer: (adapters, base, path, tokenizer)."""
     from loramix.core import log, models
-    from loramix.core.adapters import check_compatible, read_adapter
+    from loramix.core.adapters import read_adapter
+    from loramix.core.compat import check_compatible
 
     models.quiet_libraries()
     adapters = [read_adapter(p, base=c.base) for p in c.adapters]

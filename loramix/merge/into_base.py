@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from loramix.core import jsontext
 from loramix.core.errors import InputError
 from loramix.core.models import resolve_base
+from loramix.core.profiles import check_finite
 from loramix.core.targets import stored_transposed
 
 MAX_SHARD_BYTES = 4 << 30
@@ -25,9 +27,12 @@ _ITEMSIZE = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        doc = jsontext.loads(path.read_text(), str(path))
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot be read as JSON ({e})")
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def base_tensor_files(base: Path) -> dict[str, Path]:
@@ -35,9 +40,13 @@ def base_tensor_files(base: Path) -> dict[str, Path]:
     index = base / INDEX_NAME
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise InputError(f"{index}: has no weight_map")
-        return {k: base / v for k, v in weight_map.items()}
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise InputError(f"{index}: has no weight_map of tensor names to file names")
+        files = {k: base / v for k, v in weight_map.items()}
+        missing = sorted({str(f) for f in files.values() if not f.is_file()})
+        if missing:
+            raise InputError(f"{index}: names {missing[0]}, which is not there")
+        return files
     single = base / "model.safetensors"
     if single.is_file():
         return dict.fromkeys(_headers(single), single)
@@ -73,6 +82,7 @@ class BaseWeights:
 
     def __init__(self, name: str):
         self.folder = resolve_base(name)
+        self.config = _read_json(self.folder / "config.json")
         self.files = base_tensor_files(self.folder)
         self.headers: dict[str, tuple[list[int], str]] = {}
         for path in sorted(set(self.files.values())):
@@ -105,7 +115,7 @@ def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_mod
     from loramix.merge.engine import merge_module, module_names
 
     base = BaseWeights(base_name)
-    if _read_json(base.folder / "config.json").get("quantization_config"):
+    if base.config.get("quantization_config"):
         raise InputError(f"{base.folder}: is quantized; --into-base needs full-precision weights")
     base.check_modules(adapters)
     names = module_names(adapters)
@@ -150,12 +160,14 @@ def _through_transformers(base: BaseWeights, names: list[str], slots: dict, modu
             if name not in slots:
                 w = weights[f"{name}.weight"]
                 w.copy_((w.float() + module_delta(name, base.transposed[name])).to(w.dtype))
+                check_finite(name, w)
         for key, members in experts.items():
             w = weights[key]
             for name in members:
                 slot = slots[name]
                 target = w[slot.expert] if slot.experts > 1 else w
                 target.copy_((target.float() + module_delta(name, slot.transposed)).to(w.dtype))
+                check_finite(f"{name}", target)
     model.save_pretrained(folder, safe_serialization=True)
 
 
@@ -184,6 +196,7 @@ def _write_shards(
             w = _load(files[k], k)
             if k in targets:
                 w = (w.float() + delta(k)).to(w.dtype)
+                check_finite(k, w)
             tensors[k] = w
             weight_map[k] = fname
         save_file(tensors, str(folder / fname), metadata={"format": "pt"})

@@ -11,10 +11,11 @@ from enum import Enum
 from pathlib import Path
 
 from loramix import __version__
-from loramix.core.adapters import Adapter, check_compatible, read_adapter
+from loramix.core.adapters import Adapter, read_adapter
+from loramix.core.compat import check_compatible
 from loramix.core.errors import InputError
 from loramix.core.models import base_record, local_folder, same_base
-from loramix.core.outputs import atomic_dir, check_out
+from loramix.core.outputs import atomic_dir, check_out, refuse_inputs
 from loramix.core.profiles import write_adapter
 from loramix.merge.report import InputAdapter, MergeReport, Span
 
@@ -115,11 +116,11 @@ def load_adapters(paths: list[Path], base: str | None = None) -> tuple[list[Adap
     return adapters, warnings
 
 
-def check_base(adapters: list[Adapter], name: str | None) -> None:
+def check_base(adapters: list[Adapter], name: str | None, out: Path) -> None:
     """With a base named (--base, --into-base): every module's shape against its weights, and the
     copies of base weights the adapters hold against them. Without, say that copies go unchecked."""
     from loramix.core import log
-    from loramix.core.adapters import check_base_copies
+    from loramix.core.compat import check_base_copies
     from loramix.merge.into_base import BaseWeights
 
     if name is None:
@@ -131,6 +132,7 @@ def check_base(adapters: list[Adapter], name: str | None) -> None:
                 )
         return
     weights = BaseWeights(name)
+    refuse_inputs(out, [weights.folder], "--out")  # the folder a hub name resolved to, too
     weights.check_modules(adapters)
     check_base_copies(adapters, weights.tensor, str(weights.folder))
 
@@ -149,7 +151,7 @@ def run_merge(
     method = get_method(req.method)
     check_request(req, method)
     adapters, warnings = load_adapters(req.adapters, req.base or req.into_base)
-    check_base(adapters, req.base or req.into_base)
+    check_base(adapters, req.base or req.into_base, req.out)
     opts = MergeOptions(
         weights=req.weights or [1.0] * len(adapters),
         density=req.density,

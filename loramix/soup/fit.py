@@ -142,14 +142,15 @@ def prepare(c: CatConfig) -> Fitting:
     import torch
 
     from loramix.core import log, models
-    from loramix.core.adapters import check_compatible, read_adapter
-    from loramix.core.outputs import check_out
+    from loramix.core.adapters import read_adapter
+    from loramix.core.compat import check_compatible
+    from loramix.core.outputs import check_out, refuse_inputs
     from loramix.core.targets import check_adapter_shapes
 
     check_options(c)
     models.quiet_libraries()
     data_files = tuple(Path(d) for d in c.data if not d.startswith("builtin:"))
-    check_out(c.out, c.force, inputs=tuple(c.adapters) + data_files)
+    check_out(c.out, c.force, inputs=tuple(c.adapters) + data_files + _local_base(c.base))
     adapters = [read_adapter(p, base=c.base) for p in c.adapters]
     for a in adapters:
         experts = sorted({m.slot.key.rsplit(".", 1)[-1] for m in a.modules.values() if m.slot is not None})
@@ -163,8 +164,7 @@ def prepare(c: CatConfig) -> Fitting:
         log.warn(warning)
     base = models.base_of(adapters, c.base)
     path = models.resolve_base(base)
-    if path.resolve().is_relative_to(c.out.resolve()):
-        raise InputError(f"{c.out}: holds the base model; write the result somewhere else")
+    refuse_inputs(c.out, [path], "--out")  # the folder a hub name resolved to, too
     samples, sources = sample_rows(c)
     device, dtype, _ = models.setup(c.device, c.dtype, c.load_in_4bit, c.threads)
     tokenizer = models.load_tokenizer(path)
@@ -311,3 +311,10 @@ def fit_report(f: Fitting, raw, history: loop.History, interrupted: bool) -> Fit
         loss_curve=history.loss,
         val_loss=start + history.val,
     )
+
+
+def _local_base(base: str | None) -> tuple[Path, ...]:
+    from loramix.core.models import local_folder
+
+    folder = local_folder(base) if base is not None else None
+    return (folder,) if folder is not None else ()

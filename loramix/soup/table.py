@@ -14,6 +14,7 @@ import math
 from enum import Enum
 from pathlib import Path
 
+from loramix.core import jsontext
 from loramix.core.errors import InputError
 from loramix.core.modules import parse
 
@@ -52,7 +53,7 @@ def read(path: Path) -> dict:
     if not file.is_file():
         raise InputError(f"{file}: no such file", hint="give a fit-cat output folder or its cat_weights.json")
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
+        doc = jsontext.loads(file.read_text(encoding="utf-8"), str(file))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{file}: not valid JSON ({e})")
     if not isinstance(doc, dict) or doc.get("command") != "fit-cat" or any(k not in doc for k in _KEYS):

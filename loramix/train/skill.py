@@ -168,12 +168,16 @@ def fingerprint(setup: TrainSetup, options: TrainOptions) -> dict:
 
 def _check_paths(c: TrainConfig) -> None:
     from loramix.core import models
-    from loramix.core.outputs import check_out
+    from loramix.core.data import input_files
+    from loramix.core.outputs import check_out, recover
 
     check_options(c)
     models.quiet_libraries()
-    check_out(c.out, c.force)
+    inputs = input_files([c.data]) + [f for f in [models.local_folder(c.base)] if f is not None]
+    check_out(c.out, c.force, inputs)
     ckpt = checkpoint.checkpoint_dir(c.out)
+    check_out(ckpt, force=True, inputs=inputs)  # the checkpoint beside --out must not hit an input either
+    recover(ckpt)  # a run killed while replacing its checkpoint left it moved aside
     if c.resume and not ckpt.exists():
         raise InputError(f"{ckpt}: no checkpoint to resume from", hint="run without --resume to start afresh")
     if ckpt.exists() and not c.resume and not c.force:
