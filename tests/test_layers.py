@@ -1,7 +1,7 @@
 """The package's tiers (docs/architecture.md): each subpackage imports only the ones below it, and
 no module imports itself back through others. Every import counts, the ones inside functions too.
 
-    zoo  <  core  <  merge, train, evaluate  <  soup  <  inspect  <  demo  <  cli
+    zoo  <  core  <  merge, train, evaluate, export  <  soup  <  inspect  <  demo  <  cli
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ ALLOWED = {
     "merge": {"core"},
     "train": {"core", "zoo"},
     "evaluate": {"core"},
+    "export": {"core"},
     "soup": {"core", "merge", "train"},
     "inspect": {"core", "merge", "soup"},
     "demo": {"core", "zoo", "merge", "train", "soup", "evaluate"},
-    "cli": {"core", "zoo", "merge", "train", "evaluate", "soup", "inspect", "demo"},
+    "cli": {"core", "zoo", "merge", "train", "evaluate", "export", "soup", "inspect", "demo"},
 }
 
 
