@@ -1,0 +1,1 @@
+"""Writing adapters for runtimes that do not read PEFT folders: llama.cpp's LoRA GGUF."""
