@@ -340,7 +340,6 @@ def test_check_compatible_accepts_adapters_trained_on_differently_loaded_bases()
 @pytest.mark.parametrize(
     "changes, needles",
     [
-        ({"use_dora": True}, ["cannot be merged exactly", "DoRA (use_dora: true)"]),
         ({"alora_invocation_tokens": [5, 6]}, ["activated LoRA", "alora_invocation_tokens"]),
         ({"use_qalora": True}, ["QA-LoRA", "use_qalora"]),
         ({"trainable_token_indices": [1, 2]}, ["trainable token embeddings", "trainable_token_indices"]),
@@ -348,8 +347,8 @@ def test_check_compatible_accepts_adapters_trained_on_differently_loaded_bases()
         ({"init_lora_weights": "olora"}, ["changed the base weights", "'olora'"]),
         ({"init_lora_weights": "loftq"}, ["changed the base weights", "'loftq'"]),
         (
-            {"use_dora": True, "modules_to_save": ["lm_head"]},
-            ["DoRA (use_dora: true); ", 'modules_to_save: ["lm_head"]'],
+            {"use_qalora": True, "trainable_token_indices": [1]},
+            ["QA-LoRA (it acts on pooled inputs) (use_qalora: true); ", "trainable_token_indices: [1]"],
         ),
         ({"peft_type": "IA3"}, ["peft_type is IA3", "LoRA adapters only"]),
         ({"r": "four"}, ["r must be a positive whole number, got 'four'"]),

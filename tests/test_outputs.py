@@ -129,8 +129,8 @@ def test_concurrent_merges_to_one_out_one_fails(adapter_pair, tmp_path, monkeypa
 
     real = loramix.merge.job.write_adapter
 
-    def racing(folder, config, factors):
-        real(folder, config, factors)
+    def racing(folder, config, factors, *rest):
+        real(folder, config, factors, *rest)
         if not (tmp_path / "m").exists():  # another merge lands its output first
             shutil.copytree(folder, tmp_path / "m")
             (tmp_path / "m" / "other").write_text("the other run")

@@ -16,43 +16,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loramix.core import jsontext, params
+from loramix.core import dense, jsontext, params
+from loramix.core.adapter_rules import (
+    CONFIG_NAME,
+    check_config,
+    config_problems,
+    coverage_problems,
+    key_problems,
+    refuse_non_finite,
+    refuse_non_float,
+    unmergeable_kind,
+)
 from loramix.core.errors import AdapterError
 
 if TYPE_CHECKING:
     import torch
 
+    from loramix.core.dense import Rows
     from loramix.core.params import Slot
 
-CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 PREFIX = "base_model.model."
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
-# key fragment -> what it is, for inputs that cannot be merged exactly
-_UNMERGEABLE_KEYS = {
-    "lora_magnitude_vector": "DoRA magnitude vectors",
-    "lora_embedding_A": "embedding LoRA",
-    "lora_embedding_B": "embedding LoRA",
-    "modules_to_save": "modules_to_save (fully trained copies of base modules)",
-    "trainable_tokens": "trainable token embeddings",
-}
-# config field -> what it is, for adapters whose delta is not s·B·A on the recorded base
-_UNMERGEABLE_FIELDS = {
-    "use_dora": "DoRA",
-    "modules_to_save": "fully trained copies of base modules",
-    "lora_bias": "LoRA biases",
-    "alora_invocation_tokens": "activated LoRA (it acts only after its invocation tokens)",
-    "use_qalora": "QA-LoRA (it acts on pooled inputs)",
-    "trainable_token_indices": "trainable token embeddings",
-}
-# init_lora_weights values that rewrite the base weights when the adapter is created
-_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-_NEVER_DROPS = "loramix never drops parts of an adapter silently; retrain or strip them first"
-_INIT_HINT = (
-    "such an adapter is relative to a modified base; save it with PEFT's "
-    "path_initial_model_for_weight_conversion to get an ordinary LoRA"
-)
 
 
 @dataclass
@@ -63,6 +49,8 @@ class LoraModule:
     B: torch.Tensor
     scale: float
     slot: Slot | None = None  # for an expert of a 3-D parameter (loramix.core.params), where it lives
+    magnitude: torch.Tensor | None = None  # DoRA's (out,): the delta then needs the base (loramix.core.dense)
+    base_rows: Rows | None = None  # rows of the base weight, attached for DoRA before merging
 
     @property
     def rank(self) -> int:
@@ -75,6 +63,10 @@ class LoraModule:
 
     def delta(self, r0: int = 0, r1: int | None = None) -> torch.Tensor:
         """Rows r0:r1 of the (out, in) delta in float32 (all of it by default)."""
+        if self.magnitude is not None:
+            if self.base_rows is None:
+                raise AdapterError("a DoRA module's delta needs its base's weights", hint="pass --base")
+            return dense.dora_rows(self.A, self.B, self.scale, self.magnitude, self.base_rows, r0, r1 or self.shape[0])
         return self.scale * (self.B[r0:r1].float() @ self.A.float())
 
 
@@ -86,6 +78,8 @@ class Adapter:
     # copies of base weights PEFT saves beside the LoRA (lm_head's when it is a target, embedding
     # layers with save_embedding_layers): module name -> tensor; checked against a base when one is given
     base_copies: dict[str, torch.Tensor] = field(default_factory=dict)
+    # modules_to_save: full trained copies of base modules, name -> {"weight": ..., "bias": ...}
+    saved: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     # why it cannot be merged exactly (read with strict=False only; strict reading refuses instead)
     problems: list[str] = field(default_factory=list)
 
@@ -139,34 +133,20 @@ def read_adapter(path: str | Path, strict: bool = True, base: str | None = None)
     """
     path = Path(path)
     config = _read_config(path)
-    problems = _config_problems(path / CONFIG_NAME, config)
+    problems = config_problems(path / CONFIG_NAME, config)
     tensors = _read_weights(path)
-    problems += _key_problems(path / WEIGHTS_NAME, tensors)
+    problems += key_problems(path / WEIGHTS_NAME, tensors)
     if strict and problems:
         message, hint = problems[0]
         raise AdapterError(message, hint=hint)
-    modules, copies = _build_modules(path, config, tensors, skip=bool(problems), base=base)
-    problems += _coverage_problems(path, config, [n for n, m in modules.items() if m.slot is None])
+    modules, copies, saved = _build_modules(path, config, tensors, skip=bool(problems), base=base)
+    problems += coverage_problems(path, config, [n for n, m in modules.items() if m.slot is None])
     if strict and problems:
         message, hint = problems[0]
         raise AdapterError(message, hint=hint)
-    return Adapter(path=path, config=config, modules=modules, base_copies=copies, problems=[m for m, _ in problems])
-
-
-def _coverage_problems(path: Path, config: dict, names: list[str]) -> list[tuple[str, str]]:
-    """Stored modules PEFT would not load (loramix.core.coverage): merge would use them, eval not."""
-    from loramix.core.coverage import unloaded
-
-    left = unloaded(config, names)
-    if not left:
-        return []
-    return [
-        (
-            f"{path / CONFIG_NAME}: target_modules {json.dumps(config.get('target_modules'))} leaves out {len(left)} of "
-            f"the {len(names)} modules the weights hold (e.g. {left[0]}); PEFT would ignore them",
-            "fix target_modules (or layers_to_transform) in adapter_config.json, or remove those weights",
-        )
-    ]
+    return Adapter(
+        path=path, config=config, modules=modules, base_copies=copies, saved=saved, problems=[m for m, _ in problems]
+    )
 
 
 def _read_config(path: Path) -> dict:
@@ -191,68 +171,8 @@ def _read_config(path: Path) -> dict:
         raise AdapterError(f"{cfg_path}: cannot be read ({e.strerror or e})")
     if not isinstance(config, dict):
         raise AdapterError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
-    _check_config(cfg_path, config)
+    check_config(cfg_path, config)
     return config
-
-
-def _config_problems(cfg_path: Path, config: dict) -> list[tuple[str, str]]:
-    """(message, hint) for what in the config makes the adapter unmergeable."""
-    refused = _unmergeable_config(config)
-    if not refused:
-        return []
-    init = any("init_lora_weights" in part for part in refused)
-    return [(f"{cfg_path}: cannot be merged exactly: {'; '.join(refused)}", _INIT_HINT if init else _NEVER_DROPS)]
-
-
-def _check_config(cfg_path: Path, config: dict) -> None:
-    peft_type = str(config.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
-        raise AdapterError(f"{cfg_path}: peft_type is {peft_type}; loramix merges LoRA adapters only")
-    if not str(config.get("base_model_name_or_path") or "").strip():
-        raise AdapterError(
-            f"{cfg_path}: records no base model (base_model_name_or_path is empty)",
-            hint="set base_model_name_or_path to the model the adapter was trained on",
-        )
-    _check_numbers(cfg_path, config)
-
-
-def _unmergeable_config(config: dict) -> list[str]:
-    """What in the config makes the adapter something other than ΔW = s·B·A on its base."""
-    refused = [
-        f"{what} ({key}: {json.dumps(config[key])})" for key, what in _UNMERGEABLE_FIELDS.items() if config.get(key)
-    ]
-    if config.get("bias", "none") not in ("none", None):
-        refused.append(f"trained biases (bias: {config['bias']!r})")
-    init = config.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
-        refused.append(f"an initialisation that changed the base weights (init_lora_weights: {init!r})")
-    return refused
-
-
-def _check_numbers(cfg_path: Path, config: dict) -> None:
-    """r, lora_alpha and the patterns must be numbers (and valid regexes) before any arithmetic."""
-    r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
-    if not _is_number(r, whole=True) or r < 1:
-        raise AdapterError(f"{cfg_path}: r must be a positive whole number, got {r!r}")
-    if not _is_number(alpha):
-        raise AdapterError(f"{cfg_path}: lora_alpha must be a number, got {alpha!r}")
-    for key, whole in (("rank_pattern", True), ("alpha_pattern", False)):
-        patterns = config.get(key) or {}
-        if not isinstance(patterns, dict):
-            raise AdapterError(f"{cfg_path}: {key} must map module patterns to numbers, got {patterns!r}")
-        for pattern, value in patterns.items():
-            if not _is_number(value, whole=whole) or (whole and value < 1):
-                raise AdapterError(f"{cfg_path}: {key} gives {pattern!r} the value {value!r}, not a valid {key[:-8]}")
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise AdapterError(f"{cfg_path}: {key} key {pattern!r} is not a valid regular expression ({e})")
-
-
-def _is_number(x, whole: bool = False) -> bool:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return False
-    return isinstance(x, int) if whole else math.isfinite(x)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -275,12 +195,19 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _build_modules(
     path: Path, config: dict, tensors: dict, skip: bool, base: str | None = None
-) -> tuple[dict[str, LoraModule], dict]:
-    """(LoRA modules, copies of base weights) from the weights; `skip`: leave out the tensors the
-    key check found unmergeable instead of calling them unexpected."""
+) -> tuple[dict[str, LoraModule], dict, dict]:
+    """(LoRA modules, copies of base weights, modules_to_save) from the weights; `skip`: leave out
+    the tensors the key check found unmergeable instead of calling them unexpected."""
     weights = path / WEIGHTS_NAME
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     copies: dict[str, torch.Tensor] = {}
+    tensors = dict(tensors)
+    saved = dense.split_saved(config, tensors, PREFIX)
+    magnitudes = {
+        k.removeprefix(PREFIX).removesuffix(dense.MAGNITUDE): tensors.pop(k)
+        for k in list(tensors)
+        if k.endswith(dense.MAGNITUDE)
+    }
     for key, t in tensors.items():
         name = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         for suffix, part in ((A_SUFFIX, "A"), (B_SUFFIX, "B")):
@@ -291,19 +218,30 @@ def _build_modules(
             copy, trained = _plain_weight(name, config)
             if copy is not None:
                 copies[copy] = t
-            elif not (skip and (trained or _unmergeable_kind(key))):
+            elif not (skip and (trained or unmergeable_kind(key))):
                 raise AdapterError(
                     f"{weights}: unexpected tensor {key!r}; not a LoRA A/B weight",
                     hint="loramix reads LoRA A and B weights and the copies of base weights PEFT saves beside them",
                 )
-    if not pairs and not skip:
+    if not pairs and not saved and not skip:
         raise AdapterError(f"{weights}: holds no LoRA weights")
     targets = list(config.get("target_parameters") or [])
     on_params = {k: pairs.pop(k) for k in [k for k in pairs if targets and params.owns(k, targets)]}
     modules = {name: _build_module(weights, config, name, p) for name, p in sorted(pairs.items())}
     if on_params:
         modules.update(_param_modules(weights, config, on_params, targets, base))
-    return modules, copies
+    if magnitudes and not config.get("use_dora"):
+        raise AdapterError(f"{weights}: holds DoRA magnitude vectors ({next(iter(magnitudes))}) but its config says "
+                           "use_dora: false, so PEFT would ignore them", hint="set use_dora to true, or remove them")
+    for name, magnitude in magnitudes.items():  # DoRA
+        if name not in modules or magnitude.shape != (modules[name].shape[0],):
+            raise AdapterError(
+                f"{weights}: a DoRA magnitude vector {tuple(magnitude.shape)} for {name}, which has no "
+                "LoRA of that many outputs"
+            )
+        refuse_non_float(weights, f"module {name} magnitude", magnitude)
+        modules[name].magnitude = magnitude
+    return modules, copies, saved
 
 
 def _param_modules(weights: Path, config: dict, pairs: dict, targets: list[str], base: str | None) -> dict:
@@ -314,8 +252,8 @@ def _param_modules(weights: Path, config: dict, pairs: dict, targets: list[str],
         if set(pair) != {"A", "B"}:
             raise AdapterError(f"{weights}: module {name} has no {'lora_B' if 'B' not in pair else 'lora_A'} weight")
         for part in ("A", "B"):
-            _refuse_non_float(weights, f"module {name} lora_{part}", pair[part])
-            _refuse_non_finite(weights, f"module {name} lora_{part}", pair[part])
+            refuse_non_float(weights, f"module {name} lora_{part}", pair[part])
+            refuse_non_finite(weights, f"module {name} lora_{part}", pair[part])
     folder = local_folder(base or str(config.get("base_model_name_or_path") or ""))
     experts = params.read(
         str(weights),
@@ -350,27 +288,6 @@ def _plain_weight(name: str, config: dict) -> tuple[str | None, bool]:
     return None, False
 
 
-def _unmergeable_kind(key: str) -> str | None:
-    for fragment, what in _UNMERGEABLE_KEYS.items():
-        if fragment in key:
-            return what
-    return "LoRA biases" if key.endswith(".bias") and "lora_" in key else None
-
-
-def _key_problems(weights: Path, tensors: dict) -> list[tuple[str, str]]:
-    found: dict[str, list[str]] = {}
-    for key in tensors:
-        what = _unmergeable_kind(key)
-        if what:
-            found.setdefault(what, []).append(key)
-    if not found:
-        return []
-    parts = [
-        f"{what} ({keys[0]}{f' and {len(keys) - 1} more' if len(keys) > 1 else ''})" for what, keys in found.items()
-    ]
-    return [(f"{weights}: cannot be merged exactly: {'; '.join(parts)}", _NEVER_DROPS)]
-
-
 def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraModule:
     if set(pair) != {"A", "B"}:
         missing = "lora_B" if "B" not in pair else "lora_A"
@@ -386,32 +303,6 @@ def _build_module(weights: Path, config: dict, name: str, pair: dict) -> LoraMod
     if int(expected) != A.shape[0]:
         raise AdapterError(f"{weights}: module {name} has rank {A.shape[0]} but {CONFIG_NAME} says r={expected}")
     for part, t in (("lora_A", A), ("lora_B", B)):
-        _refuse_non_float(weights, f"module {name} {part}", t)
-        _refuse_non_finite(weights, f"module {name} {part}", t)
+        refuse_non_float(weights, f"module {name} {part}", t)
+        refuse_non_finite(weights, f"module {name} {part}", t)
     return LoraModule(A=A, B=B, scale=module_scale(config, name, A.shape[0]))
-
-
-def _refuse_non_float(weights: Path, what: str, t: torch.Tensor) -> None:
-    """Integers overflow, booleans halve a delta, complex numbers lose a part, and 8-bit floats are
-    no format a LoRA is trained in: only float16, bfloat16, float32 and float64 are read."""
-    import torch
-
-    if t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise AdapterError(
-            f"{weights}: {what} is {str(t.dtype).removeprefix('torch.')}; LoRA weights must be float16, bfloat16, "
-            "float32 or float64",
-            hint="save the adapter again in one of those",
-        )
-
-
-def _refuse_non_finite(weights: Path, what: str, t: torch.Tensor) -> None:
-    import torch
-
-    if torch.isfinite(t).all():
-        return
-    counts = {"NaN": int(torch.isnan(t).sum()), "Inf": int(torch.isinf(t).sum())}
-    found = " and ".join(f"{n} {kind}" for kind, n in counts.items() if n)
-    raise AdapterError(
-        f"{weights}: {what} holds {found} value{'s' if sum(counts.values()) > 1 else ''}",
-        hint="its training diverged or the file is damaged; retrain it or restore a good copy",
-    )

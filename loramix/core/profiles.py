@@ -52,6 +52,7 @@ def layout(
     base: str,
     dtype: torch.dtype,
     slots: dict[str, Slot] | None = None,
+    saved: list[str] | None = None,
 ) -> tuple[dict, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """(adapter_config, factors cast to `dtype`, keyed by the module path they are saved under) for
     the chosen profile. Experts of a parameter (`slots`: module name -> where it lives) are packed
@@ -65,7 +66,7 @@ def layout(
     linear = {n: f for n, f in factors.items() if n not in slots}
     wrappers, param_ranks = _wrappers({n: f for n, f in factors.items() if n in slots}, slots)
     ranks = {n: A.shape[0] for n, (A, _) in linear.items()} | param_ranks
-    config = lora_config(template, ranks=ranks, base=base, params=sorted(param_ranks))
+    config = lora_config(template, ranks=ranks, base=base, params=sorted(param_ranks), saved=saved)
     return config, {n: (A.to(dtype), B.to(dtype)) for n, (A, B) in (linear | wrappers).items()}
 
 
@@ -92,7 +93,9 @@ def _wrappers(experts: dict, slots: dict[str, Slot]) -> tuple[dict, dict[str, in
 _KEPT_CONFIG_KEYS = ("task_type", "revision", "fan_in_fan_out", "lora_dropout", "auto_mapping")
 
 
-def lora_config(template: dict, *, ranks: dict[str, int], base: str, params: list[str] | None = None) -> dict:
+def lora_config(
+    template: dict, *, ranks: dict[str, int], base: str, params: list[str] | None = None, saved: list[str] | None = None
+) -> dict:
     """A clean PEFT LoRA config for modules whose scale is baked into B (runtime scale 1).
 
     The most common rank becomes `r` (and `lora_alpha`); other modules get `rank_pattern` and
@@ -116,7 +119,7 @@ def lora_config(template: dict, *, ranks: dict[str, int], base: str, params: lis
         alpha_pattern=dict(pattern),
         use_rslora=False,
         use_dora=False,
-        modules_to_save=None,
+        modules_to_save=list(saved) if saved else None,
         bias="none",
         target_modules=target_modules([n for n in ranks if n not in (params or [])]),
         target_parameters=list(params) if params else None,
@@ -155,8 +158,9 @@ def check_finite(name: str, *tensors: torch.Tensor) -> None:
     )
 
 
-def write_adapter(folder: Path, config: dict, factors: dict[str, tuple]) -> None:
-    """Write `adapter_config.json` and `adapter_model.safetensors` (PEFT's key names) into `folder`."""
+def write_adapter(folder: Path, config: dict, factors: dict[str, tuple], full: dict | None = None) -> None:
+    """Write `adapter_config.json` and `adapter_model.safetensors` (PEFT's key names) into `folder`;
+    `full` holds whole tensors of modules_to_save ('lm_head.weight' -> tensor)."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -164,5 +168,8 @@ def write_adapter(folder: Path, config: dict, factors: dict[str, tuple]) -> None
         check_finite(name, A, B)
         tensors[f"{PREFIX}{name}{A_SUFFIX}"] = A.contiguous()
         tensors[f"{PREFIX}{name}{B_SUFFIX}"] = B.contiguous()
+    for key, t in (full or {}).items():
+        check_finite(key, t)
+        tensors[f"{PREFIX}{key}"] = t.contiguous()
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

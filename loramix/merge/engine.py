@@ -15,7 +15,7 @@ import torch
 from loramix.core.adapters import Adapter, LoraModule
 from loramix.merge.factor import factor_full, truncate_lowrank
 from loramix.merge.methods.base import MergeMethod
-from loramix.merge.ops import kth_largest_abs, magnitude_keep, random_keep, row_spans
+from loramix.merge.ops import kth_largest_abs, magnitude_keep, random_keep, row_spans, weighted_sum
 
 
 @dataclass
@@ -73,7 +73,8 @@ def merge_module(method: MergeMethod, adapters: list[Adapter], opts: MergeOption
     mods = [m for m, _ in present]
     weights = torch.tensor([w for _, w in present], dtype=torch.float32)
     ranks = [m.rank for m in mods]
-    if method.combine_factors is not None:
+    dense = any(m.magnitude is not None for m in mods)  # DoRA: no factors to combine, only its delta
+    if method.combine_factors is not None and not dense:
         A, B = method.combine_factors([(m.A, m.B, m.scale) for m in mods], weights)
         return ModuleMerge(name, ranks, A=A, B=B)
     return ModuleMerge(name, ranks, full=merged_delta(method, mods, weights, opts, name))
@@ -82,11 +83,12 @@ def merge_module(method: MergeMethod, adapters: list[Adapter], opts: MergeOption
 def merged_delta(
     method: MergeMethod, mods: list[LoraModule], weights: torch.Tensor, opts: MergeOptions, name: str
 ) -> torch.Tensor:
-    """The full merged delta of one module for a delta method, built block by block."""
+    """The full merged delta of one module for a delta method (or of a factor method's sum, where a
+    DoRA module has no factors to combine), built block by block."""
     out, inp = mods[0].shape
     spans = row_spans(out, inp)
-    density = method.density(opts.density)
-    assert density is not None and method.combine_deltas is not None  # a delta method has both
+    density = method.density(opts.density) or 1.0
+    combine = method.combine_deltas or _weighted
     thresholds = None
     if method.trim == "magnitude":
         thresholds = torch.tensor([magnitude_threshold(m, density) for m in mods])
@@ -100,8 +102,12 @@ def merged_delta(
         deltas = torch.stack(blocks)
         if thresholds is not None:
             deltas = magnitude_keep(deltas, thresholds)
-        result[r0:r1] = method.combine_deltas(deltas, weights, opts.majority_sign)
+        result[r0:r1] = combine(deltas, weights, opts.majority_sign)
     return result
+
+
+def _weighted(deltas: torch.Tensor, weights: torch.Tensor, majority: str) -> torch.Tensor:
+    return weighted_sum(deltas, weights)
 
 
 def magnitude_threshold(mod: LoraModule, density: float) -> float:

@@ -88,11 +88,27 @@ class BaseWeights:
         for path in sorted(set(self.files.values())):
             self.headers.update(_headers(path))
         self.transposed: dict[str, bool] = {}
+        self._cached: tuple[str, torch.Tensor] | None = None
 
-    def tensor(self, module: str) -> torch.Tensor | None:
-        """`module`'s weight, or None when the files hold none (a tied output head, say)."""
-        key = f"{module}.weight"
+    def tensor(self, module: str, param: str = "weight") -> torch.Tensor | None:
+        """`module`'s weight (or other parameter), or None when the files hold none (a tied output
+        head, say)."""
+        key = f"{module}.{param}"
         return _load(self.files[key], key) if key in self.files else None
+
+    def rows(self, module: str) -> Callable[[int, int], torch.Tensor]:
+        """Rows of `module`'s weight as (out, in) float32, the last module's kept in memory (merges
+        go one module at a time); check_modules must have run (it knows the orientation)."""
+
+        def get(r0: int, r1: int) -> torch.Tensor:
+            if self._cached is None or self._cached[0] != module:
+                w = self.tensor(module)
+                assert w is not None
+                w = w.float()
+                self._cached = (module, w.T if self.transposed.get(module) else w)
+            return self._cached[1][r0:r1]
+
+        return get
 
     def check_modules(self, adapters) -> None:
         """Every module of the adapters must exist in the base with the shape of its delta, stored
@@ -110,8 +126,11 @@ class BaseWeights:
                 raise InputError(f"{name}.weight: the base weight has shape {stored[name]}, the adapters' delta {want}")
 
 
-def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_module: Callable | None = None) -> str:
-    """Write the base with the merged deltas added into `folder`; returns the base's folder."""
+def merge_into_base(
+    method, adapters, opts, base_name: str, folder: Path, on_module: Callable | None = None, saved: dict | None = None
+) -> str:
+    """Write the base with the merged deltas added into `folder`, and the merged modules_to_save
+    (`saved`: name -> {param: tensor}) in place of theirs; returns the base's folder."""
     from loramix.merge.engine import merge_module, module_names
 
     base = BaseWeights(base_name)
@@ -127,11 +146,12 @@ def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_mod
             on_module(name)
         return d.T if transposed else d
 
+    replace = {f"{n}.{p}": t for n, params in (saved or {}).items() for p, t in params.items()}
     if slots:  # experts are stored per expert on disk (transformers converts them on loading)
-        _through_transformers(base, names, slots, module_delta, folder)
+        _through_transformers(base, names, slots, module_delta, folder, replace)
     else:
         delta = lambda key: module_delta(key.removesuffix(".weight"), base.transposed[key.removesuffix(".weight")])  # noqa: E731
-        _write_shards(base.files, base.headers, {f"{n}.weight" for n in names}, delta, folder)
+        _write_shards(base.files, base.headers, {f"{n}.weight" for n in names}, delta, folder, replace)
     for p in base.folder.iterdir():
         if (
             p.is_file()
@@ -143,7 +163,9 @@ def merge_into_base(method, adapters, opts, base_name: str, folder: Path, on_mod
     return str(base.folder)
 
 
-def _through_transformers(base: BaseWeights, names: list[str], slots: dict, module_delta, folder: Path) -> None:
+def _through_transformers(
+    base: BaseWeights, names: list[str], slots: dict, module_delta, folder: Path, replace: dict
+) -> None:
     """Merge through transformers' own loading and saving, the whole model in memory: checkpoints
     keep routed experts one tensor per expert (Mixtral's experts.E.w1/w3 for the fused gate_up_proj)
     and only transformers knows each model's conversion."""
@@ -168,13 +190,21 @@ def _through_transformers(base: BaseWeights, names: list[str], slots: dict, modu
                 target = w[slot.expert] if slot.experts > 1 else w
                 target.copy_((target.float() + module_delta(name, slot.transposed)).to(w.dtype))
                 check_finite(f"{name}", target)
+        for key, tensor in replace.items():
+            weights[key].copy_(tensor.to(weights[key].dtype))
     model.save_pretrained(folder, safe_serialization=True)
 
 
 def _write_shards(
-    files: dict, headers: dict, targets: set[str], delta: Callable[[str], torch.Tensor], folder: Path
+    files: dict,
+    headers: dict,
+    targets: set[str],
+    delta: Callable[[str], torch.Tensor],
+    folder: Path,
+    replace: dict | None = None,
 ) -> None:
-    """Copy every base tensor into new shards, adding delta(key) to the keys in `targets`."""
+    """Copy every base tensor into new shards, adding delta(key) to the keys in `targets` and
+    putting `replace`'s tensors (merged modules_to_save) in place of theirs."""
     from safetensors.torch import save_file
 
     sizes = {k: _numel(shape) * _ITEMSIZE.get(dtype, 1) for k, (shape, dtype) in headers.items()}
@@ -197,6 +227,8 @@ def _write_shards(
             if k in targets:
                 w = (w.float() + delta(k)).to(w.dtype)
                 check_finite(k, w)
+            elif replace and k in replace:
+                w = replace[k].to(w.dtype)
             tensors[k] = w
             weight_map[k] = fname
         save_file(tensors, str(folder / fname), metadata={"format": "pt"})

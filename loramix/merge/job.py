@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loramix import __version__
 from loramix.core.adapters import Adapter, read_adapter
@@ -18,6 +19,11 @@ from loramix.core.models import base_record, local_folder, same_base
 from loramix.core.outputs import atomic_dir, check_out, refuse_inputs
 from loramix.core.profiles import write_adapter
 from loramix.merge.report import InputAdapter, MergeReport, Span
+
+if TYPE_CHECKING:
+    import torch
+
+    from loramix.merge.into_base import BaseWeights
 
 ModuleWeights = Callable[[list[Adapter]], dict[str, list[float]]]
 
@@ -116,13 +122,24 @@ def load_adapters(paths: list[Path], base: str | None = None) -> tuple[list[Adap
     return adapters, warnings
 
 
-def check_base(adapters: list[Adapter], name: str | None, out: Path) -> None:
+def check_base(adapters: list[Adapter], name: str | None, out: Path) -> BaseWeights | None:
     """With a base named (--base, --into-base): every module's shape against its weights, and the
-    copies of base weights the adapters hold against them. Without, say that copies go unchecked."""
+    copies of base weights the adapters hold against them. DoRA modules and modules_to_save need the
+    base (their deltas are computed against it): without a name, the one the adapters record, if it
+    is on this machine. Returns the base's weights, or None (and says that copies go unchecked)."""
     from loramix.core import log
     from loramix.core.compat import check_base_copies
     from loramix.merge.into_base import BaseWeights
 
+    needs = [a for a in adapters if a.saved or any(m.magnitude is not None for m in a.modules.values())]
+    if name is None and needs:
+        if local_folder(needs[0].base) is None:
+            raise InputError(
+                f"{needs[0].path}: its DoRA modules or modules_to_save are merged as deltas against the base's "
+                f"weights, and its base {needs[0].base!r} is not on this machine",
+                hint="pass --base with a local copy of the base model",
+            )
+        name = needs[0].base
     if name is None:
         for a in adapters:
             if a.base_copies:
@@ -130,11 +147,36 @@ def check_base(adapters: list[Adapter], name: str | None, out: Path) -> None:
                     f"{a.path}: holds copies of the base's {', '.join(a.base_copies)}; they are left out "
                     "(--base BASE checks them against the base)"
                 )
-        return
+        return None
     weights = BaseWeights(name)
     refuse_inputs(out, [weights.folder], "--out")  # the folder a hub name resolved to, too
     weights.check_modules(adapters)
     check_base_copies(adapters, weights.tensor, str(weights.folder))
+    for a in adapters:
+        for module_name, m in a.modules.items():
+            if m.magnitude is not None:
+                m.base_rows = weights.rows(module_name)
+    return weights
+
+
+def merge_saved(adapters: list[Adapter], opts, base: BaseWeights | None) -> dict[str, dict[str, torch.Tensor]]:
+    """Each module_to_save merged: W0 + Σ w_i (M_i − W0) per tensor (loramix.core.dense)."""
+    from loramix.core.dense import merged_saved
+
+    names = sorted({n for a in adapters for n in a.saved})
+    if not names:
+        return {}
+    assert base is not None  # check_base found one
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name in names:
+        weights = opts.module_weights.get(name, opts.weights) if opts.module_weights else opts.weights
+        for param in sorted({p for a in adapters for p in a.saved.get(name, {})}):
+            w0 = base.tensor(name, param)
+            if w0 is None:
+                raise InputError(f"{name}.{param}: a module_to_save the base {base.folder} has no tensor for")
+            copies = [(a.saved.get(name, {}).get(param), w) for a, w in zip(adapters, weights)]
+            out.setdefault(name, {})[param] = merged_saved(copies, w0)
+    return out
 
 
 def run_merge(
@@ -151,7 +193,7 @@ def run_merge(
     method = get_method(req.method)
     check_request(req, method)
     adapters, warnings = load_adapters(req.adapters, req.base or req.into_base)
-    check_base(adapters, req.base or req.into_base, req.out)
+    base = check_base(adapters, req.base or req.into_base, req.out)
     opts = MergeOptions(
         weights=req.weights or [1.0] * len(adapters),
         density=req.density,
@@ -161,21 +203,39 @@ def run_merge(
         module_weights=None if per_module is None else per_module(adapters),
     )
     report = _report(req, method, adapters, opts, len(module_names(adapters)))
-    report.warnings = warnings
+    saved = merge_saved(adapters, opts, base)
+    report.warnings = warnings + _dense_notes(adapters, saved, req)
     start = time.perf_counter()
     with atomic_dir(req.out, req.force) as tmp, progress(f"merging ({method.name})", report.modules) as on_module:
         if req.into_base is not None:
             from loramix.merge.into_base import merge_into_base
 
-            report.base = merge_into_base(method, adapters, opts, req.into_base, tmp, on_module)
+            report.base = merge_into_base(method, adapters, opts, req.into_base, tmp, on_module, saved)
         else:
-            _write_adapter(method, adapters, opts, req, tmp, on_module, report)
+            _write_adapter(method, adapters, opts, req, tmp, on_module, report, saved)
         report.seconds = round(time.perf_counter() - start, 3)
         (tmp / PROVENANCE_NAME).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report
 
 
-def _write_adapter(method, adapters, opts, req: MergeRequest, folder: Path, on_module, report: MergeReport) -> None:
+def _dense_notes(adapters: list[Adapter], saved: dict, req: MergeRequest) -> list[str]:
+    notes = []
+    if any(m.magnitude is not None for a in adapters for m in a.modules.values()) and req.into_base is None:
+        notes.append(
+            "DoRA modules are merged through their exact deltas against the base and written as LoRA "
+            "factors by SVD (the rel. error says how close); --into-base writes them exactly"
+        )
+    if saved:
+        notes.append(
+            f"modules_to_save ({', '.join(saved)}): merged as the weighted sum of their deltas against "
+            "the base, exactly"
+        )
+    return notes
+
+
+def _write_adapter(
+    method, adapters, opts, req: MergeRequest, folder: Path, on_module, report: MergeReport, saved: dict
+) -> None:
     """Merge, factor and write the adapter; fills in the report's rank, errors and dtype."""
     import torch
 
@@ -187,8 +247,8 @@ def _write_adapter(method, adapters, opts, req: MergeRequest, folder: Path, on_m
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     base = base_record(req.base) if req.base is not None else adapters[0].base
     slots = {n: m.slot for a in adapters for n, m in a.modules.items() if m.slot is not None}
-    config, factors = layout(merged.factors, req.profile, adapters[0].config, base, dtype, slots)
-    write_adapter(folder, config, factors)
+    config, factors = layout(merged.factors, req.profile, adapters[0].config, base, dtype, slots, list(saved))
+    write_adapter(folder, config, factors, {f"{n}.{p}": t for n, params in saved.items() for p, t in params.items()})
     errors = merged.errors
     report.rank = Span.of([A.shape[0] for A, _ in factors.values()])
     report.errors = errors

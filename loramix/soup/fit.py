@@ -153,13 +153,7 @@ def prepare(c: CatConfig) -> Fitting:
     check_out(c.out, c.force, inputs=tuple(c.adapters) + data_files + _local_base(c.base))
     adapters = [read_adapter(p, base=c.base) for p in c.adapters]
     for a in adapters:
-        experts = sorted({m.slot.key.rsplit(".", 1)[-1] for m in a.modules.values() if m.slot is not None})
-        if experts:
-            raise InputError(
-                f"{a.path}: holds LoRAs on expert parameters ({', '.join(experts)}); fit-cat learns the weights of "
-                "LoRAs on linear modules only",
-                hint="merge it with loramix merge, or retrain the skill without --target-parameters",
-            )
+        _refuse_what_cat_cannot_weigh(a)
     for warning in check_compatible(adapters, c.base):
         log.warn(warning)
     base = models.base_of(adapters, c.base)
@@ -318,3 +312,17 @@ def _local_base(base: str | None) -> tuple[Path, ...]:
 
     folder = local_folder(base) if base is not None else None
     return (folder,) if folder is not None else ()
+
+
+def _refuse_what_cat_cannot_weigh(a) -> None:
+    """The CAT layer scales s·B·A: LoRAs on expert parameters, DoRA and modules_to_save are no such
+    product, and are refused rather than half-fitted."""
+    experts = sorted({m.slot.key.rsplit(".", 1)[-1] for m in a.modules.values() if m.slot is not None})
+    parts = [f"LoRAs on expert parameters ({', '.join(experts)})"] if experts else []
+    parts += ["DoRA modules"] if any(m.magnitude is not None for m in a.modules.values()) else []
+    parts += [f"modules_to_save ({', '.join(a.saved)})"] if a.saved else []
+    if parts:
+        raise InputError(
+            f"{a.path}: holds {' and '.join(parts)}; fit-cat learns the weights of plain LoRAs on linear modules",
+            hint="merge it with loramix merge instead",
+        )

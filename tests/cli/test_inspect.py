@@ -99,19 +99,19 @@ def test_refuses_three_paths(adapter_pair):
 
 
 def test_an_adapter_that_cannot_be_merged_can_still_be_looked_at(base_dir, tmp_path):
-    """A DoRA adapter: inspect shows it and says why merging would refuse it."""
+    """An adapter with trained LoRA biases: inspect shows it and says why merging would refuse it."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base_dir),
-        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], use_dora=True),
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], lora_bias=True),
     )
-    model.save_pretrained(tmp_path / "dora")
-    shown = runner.invoke(app, ["inspect", str(tmp_path / "dora")], env={"COLUMNS": "300"})
+    model.save_pretrained(tmp_path / "biased")
+    shown = runner.invoke(app, ["inspect", str(tmp_path / "biased")], env={"COLUMNS": "300"})
     assert shown.exit_code == 0, shown.stderr
-    assert "cannot be merged: " in shown.stdout and "DoRA" in shown.stdout and "q_proj" in shown.stdout
-    doc = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "dora"), "--json"]).stdout)
-    assert doc["modules"] == 2 and any("DoRA" in p for p in doc["problems"])
-    merged = runner.invoke(app, ["merge", str(tmp_path / "dora"), "-m", "linear", "-o", str(tmp_path / "m")])
+    assert "cannot be merged: " in shown.stdout and "LoRA biases" in shown.stdout and "q_proj" in shown.stdout
+    doc = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "biased"), "--json"]).stdout)
+    assert doc["modules"] == 2 and any("LoRA biases" in p for p in doc["problems"])
+    merged = runner.invoke(app, ["merge", str(tmp_path / "biased"), "-m", "linear", "-o", str(tmp_path / "m")])
     assert merged.exit_code == 2 and "cannot be merged exactly" in merged.stderr

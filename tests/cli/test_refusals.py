@@ -189,21 +189,21 @@ def test_pickled_weights_only(good, tmp_path, monkeypatch):
 # --- what cannot be merged exactly ---------------------------------------------------------------
 
 
-def test_dora_in_config(good, tmp_path):
-    bad, out = edit_config(copy_of(good, tmp_path), use_dora=True), tmp_path / "out"
-    assert_refused(merge_with(good, bad, out), out, bad / CONFIG, "cannot be merged exactly", "DoRA", "use_dora")
-
-
-def test_dora_magnitude_vector_in_weights(good, tmp_path):
+def test_dora_magnitude_vectors_without_use_dora(good, tmp_path):
+    """PEFT would ignore magnitude vectors its config does not ask for: refused, not guessed."""
     bad, out = copy_of(good, tmp_path), tmp_path / "out"
     key = f"{Q_PROJ}.lora_magnitude_vector"
     edit_tensors(bad, lambda t: t.update({key: torch.ones(32)}))
-    assert_refused(merge_with(good, bad, out), out, bad / WEIGHTS, "DoRA magnitude vectors", key)
+    assert_refused(merge_with(good, bad, out), out, bad / WEIGHTS, "DoRA magnitude vectors", "use_dora: false")
 
 
-def test_modules_to_save(good, tmp_path):
-    bad, out = edit_config(copy_of(good, tmp_path), modules_to_save=["lm_head"]), tmp_path / "out"
-    assert_refused(merge_with(good, bad, out), out, bad / CONFIG, "modules_to_save", "lm_head")
+def test_use_dora_or_modules_to_save_with_nothing_stored_is_a_plain_lora(good, tmp_path):
+    """PEFT gives such an adapter magnitudes equal to the norms and untrained copies: no change."""
+    for key, value in (("use_dora", True), ("modules_to_save", ["lm_head"])):
+        folder = tmp_path / key
+        folder.mkdir()
+        odd, out = edit_config(copy_of(good, folder), **{key: value}), tmp_path / f"out-{key}"
+        assert merge_with(good, odd, out).exit_code == 0
 
 
 def test_embedding_lora(good, tmp_path):
@@ -403,7 +403,7 @@ def test_out_is_a_file(good, other, tmp_path):
 def test_failure_while_writing_leaves_nothing(good, other, tmp_path, monkeypatch, failure, code):
     import loramix.merge.job
 
-    def half_write(folder, config, factors):
+    def half_write(folder, config, factors, *rest):
         (folder / WEIGHTS).write_bytes(b"half an adapter")
         raise failure
 
