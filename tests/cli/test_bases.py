@@ -168,3 +168,30 @@ def test_a_loaded_base_checks_the_copies_too(head_adapters, base_dir):
         model.lm_head.weight += 1.0
     with pytest.raises(AdapterError, match=r"its copy of lm_head\.weight differs"):
         check_adapter_shapes(model, adapters)
+
+
+def test_eval_with_a_local_base_warns_about_an_adapter_recording_a_hub_id(tmp_path):
+    a = _record(
+        make_adapter(bundled_path(), tmp_path / "a", r=2, seed=1, targets=["q_proj"]), "meta-llama/Llama-3.2-1B"
+    )
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "-d",
+            "builtin:math",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "-a",
+            str(a),
+            "--base",
+            "loramix-tiny",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "records the base 'meta-llama/Llama-3.2-1B'; used with loramix-tiny" in " ".join(result.stderr.split())
