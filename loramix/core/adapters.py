@@ -231,8 +231,11 @@ def _build_modules(
     if on_params:
         modules.update(_param_modules(weights, config, on_params, targets, base))
     if magnitudes and not config.get("use_dora"):
-        raise AdapterError(f"{weights}: holds DoRA magnitude vectors ({next(iter(magnitudes))}) but its config says "
-                           "use_dora: false, so PEFT would ignore them", hint="set use_dora to true, or remove them")
+        raise AdapterError(
+            f"{weights}: holds DoRA magnitude vectors ({next(iter(magnitudes))}) but its config says "
+            "use_dora: false, so PEFT would ignore them",
+            hint="set use_dora to true, or remove them",
+        )
     for name, magnitude in magnitudes.items():  # DoRA
         if name not in modules or magnitude.shape != (modules[name].shape[0],):
             raise AdapterError(
