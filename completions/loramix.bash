@@ -9,7 +9,7 @@ _loramix_root() {
     if [[ "$cur" == -* ]]; then
         _loramix_reply -W '--version --debug --help -h'
     else
-        _loramix_reply -W 'data demo eval fit-cat inspect merge train-skill'
+        _loramix_reply -W 'data demo eval export-gguf fit-cat inspect merge train-skill'
     fi
 }
 
@@ -56,6 +56,18 @@ _loramix_cmd_eval() {
     esac
     if [[ "$cur" == -* ]]; then
         _loramix_reply -W '--data -d --adapter -a --base -b --with-base --no-base --metric -m --max-new-tokens --batch-size --limit --stop --few-shot --chat-template --tolerance --timeout --max-length --predictions --load-in-4bit --dtype --device --threads --seed --force -f --json --help -h'
+    fi
+}
+
+_loramix_cmd_export_gguf() {
+    case "$prev" in
+        --out|-o) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --base|-b) return ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        _loramix_reply -W '--out -o --base -b --force -f --json --help -h'
+    else
+        compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi
 }
 
@@ -166,6 +178,7 @@ _loramix() {
         data) _loramix_cmd_data ;;
         demo) _loramix_cmd_demo ;;
         eval) _loramix_cmd_eval ;;
+        export-gguf) _loramix_cmd_export_gguf ;;
         fit-cat) _loramix_cmd_fit_cat ;;
         inspect) _loramix_cmd_inspect ;;
         merge) _loramix_cmd_merge ;;

@@ -9,6 +9,7 @@ complete -c loramix -n '__fish_use_subcommand' -l help -s h -d 'Show this messag
 complete -c loramix -n __fish_use_subcommand -a data -d 'Show or export training and evaluation data as JSONL (one row per...'
 complete -c loramix -n __fish_use_subcommand -a demo -d 'Compose two skills on loramix-tiny, LoRA Soups\' experiment in a few...'
 complete -c loramix -n __fish_use_subcommand -a eval -d 'Score the base and each adapter on the same items, side by side.'
+complete -c loramix -n __fish_use_subcommand -a export-gguf -d 'Write an adapter as a llama.cpp LoRA GGUF (llama-cli --lora FILE,...'
 complete -c loramix -n __fish_use_subcommand -a fit-cat -d 'Learn how much of each skill every layer should use, and write one...'
 complete -c loramix -n __fish_use_subcommand -a inspect -d 'Show an adapter (base, ranks, alpha, targets, parameters, and a...'
 complete -c loramix -n __fish_use_subcommand -a merge -d 'Merge adapters without data, exactly on the deltas ΔW = s·B·A.'
@@ -55,6 +56,14 @@ complete -c loramix -n '__fish_seen_subcommand_from eval' -l seed -r -f -d 'Seed
 complete -c loramix -n '__fish_seen_subcommand_from eval' -l force -s f -d 'Replace --predictions if it exists.'
 complete -c loramix -n '__fish_seen_subcommand_from eval' -l json -d 'Print one JSON document instead of the table.'
 complete -c loramix -n '__fish_seen_subcommand_from eval' -l help -s h -d 'Show this message and exit.'
+
+# export-gguf
+complete -c loramix -n '__fish_seen_subcommand_from export-gguf' -l out -s o -r -F -d 'The GGUF file to write.'
+complete -c loramix -n '__fish_seen_subcommand_from export-gguf' -l base -s b -r -f -d 'The base model\'s folder: its config.json gives the architecture, heads and shapes [default: the one the adapter records].'
+complete -c loramix -n '__fish_seen_subcommand_from export-gguf' -l force -s f -d 'Replace --out if it exists.'
+complete -c loramix -n '__fish_seen_subcommand_from export-gguf' -l json -d 'Print one JSON document instead of a summary.'
+complete -c loramix -n '__fish_seen_subcommand_from export-gguf' -l help -s h -d 'Show this message and exit.'
+complete -c loramix -n '__fish_seen_subcommand_from export-gguf' -F
 
 # fit-cat
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l data -s d -r -f -d 'A skill\'s data: JSONL or builtin:NAME; repeat once per skill.'

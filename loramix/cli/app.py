@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from loramix import __version__
-from loramix.cli import data, demo, fit_cat, inspect, merge, train_skill
+from loramix.cli import data, demo, export, fit_cat, inspect, merge, train_skill
 from loramix.cli import eval as eval_command
 from loramix.core.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, LoramixError
 
@@ -118,6 +118,7 @@ app.command("fit-cat", no_args_is_help=True)(fit_cat.fit_cat)
 app.command("merge", no_args_is_help=True)(merge.merge)
 app.command("eval", no_args_is_help=True)(eval_command.eval_models)
 app.command("inspect", no_args_is_help=True)(inspect.inspect)
+app.command("export-gguf", no_args_is_help=True)(export.export_gguf)
 app.command("data")(data.data)
 app.command("demo")(demo.demo)
 

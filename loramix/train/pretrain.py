@@ -19,6 +19,10 @@ from typing import Any
 from loramix.core import log
 
 SPECIAL = ("<pad>", "<s>", "</s>")
+# the tokenizer class written to tokenizer_config.json: transformers 5 saves "TokenizersBackend",
+# which transformers 4 (and so llama.cpp's converter, which pins 4.57) cannot load;
+# "PreTrainedTokenizerFast" is the same class in 5 and loads from tokenizer.json in 4
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 SHAPE: dict[str, Any] = dict(
     vocab_size=1024,
     hidden_size=288,
@@ -136,9 +140,18 @@ def pretrain(
 
     with atomic_dir(out, force=True) as tmp:  # a failed save leaves the old model in place
         model.to(torch.bfloat16).save_pretrained(tmp)  # type: ignore[arg-type]  # to() takes a dtype too
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         (tmp / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """Save the tokenizer so that transformers 4 and 5 both load it (see TOKENIZER_CLASS)."""
+    tokenizer.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = TOKENIZER_CLASS
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def main(argv=None) -> None:
