@@ -14,7 +14,10 @@ from typer.core import TyperGroup
 from loramix import __version__
 from loramix.cli import data, demo, export, fit_cat, inspect, merge, train_skill
 from loramix.cli import eval as eval_command
-from loramix.core.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, LoramixError
+from loramix.core.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, InputError, LoramixError
+
+# the commands that share their work among the processes of torchrun / accelerate launch
+DATA_PARALLEL = ("train-skill", "fit-cat", "eval")
 
 
 class LoramixGroup(TyperGroup):
@@ -108,9 +111,16 @@ def root(
 ) -> None:
     """Compose skills in language models by merging LoRA adapters."""
     from loramix.cli.render import console
+    from loramix.core import dist
 
     ctx.obj = {"debug": debug}
     console.install_log_handler()  # the library's warnings and notes, printed on stderr
+    if dist.world() > 1 and ctx.invoked_subcommand not in DATA_PARALLEL:
+        raise InputError(
+            f"{ctx.invoked_subcommand} runs in one process, not under torchrun or accelerate launch "
+            f"(WORLD_SIZE={dist.world()})",
+            hint=f"run it without the launcher; {', '.join(DATA_PARALLEL)} use several processes",
+        )
 
 
 app.command("train-skill", no_args_is_help=True)(train_skill.train_skill)
@@ -124,9 +134,12 @@ app.command("demo")(demo.demo)
 
 
 def main() -> None:
+    from loramix.core import dist
+
     try:
         app(prog_name="loramix")
     finally:
+        dist.finish()
         _quiet_teardown()
 
 

@@ -153,11 +153,15 @@ def set_threads(threads: int | None) -> int:
 
 
 def setup(device: str, dtype: str, load_in_4bit: bool, threads: int | None):
-    """(device, torch dtype, thread count) for a run, refusing what this machine cannot do."""
-    device = pick_device(device)
+    """(device, torch dtype, thread count) for a run, refusing what this machine cannot do; under a
+    launcher (torchrun, accelerate launch) each process takes its own GPU and joins the group."""
+    from loramix.core import dist
+
+    device = pick_device(dist.local_device(device))
     torch_dtype = pick_dtype(dtype, device)
     if load_in_4bit:
         check_4bit(device)
+    dist.start()
     return device, torch_dtype, set_threads(threads)
 
 

@@ -190,7 +190,12 @@ def _swap_by_renames(tmp: Path, out: Path) -> bool:
 
 def recover(out: Path) -> None:
     """Undo what a run killed mid-replacement left: `out` missing but `.out.old-*` present (the
-    old output, moved aside) -> put it back. Then remove temporary folders of dead writers."""
+    old output, moved aside) -> put it back. Then remove temporary folders of dead writers. (Of
+    several processes of one run, the first does this.)"""
+    from loramix.core import dist
+
+    if not dist.is_main():
+        return
     if not out.exists() and out.parent.is_dir():
         olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
         if olds and not _alive(olds[-1]):

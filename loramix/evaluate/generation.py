@@ -62,17 +62,23 @@ def generate(
     on_batch: Callable[[int], None] = lambda n: None,
 ) -> list[Generated]:
     """Greedy completions of token-id prompts in left-padded batches; each stops at the
-    end-of-sequence token or the first of `stops` (and is cut before it)."""
+    end-of-sequence token or the first of `stops` (and is cut before it). With several processes
+    the batches (the same ones a single process makes) are dealt out among them."""
+    from loramix.core import dist
+
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     results: list[Generated | None] = [None] * len(prompts)
     criteria = stop_criteria(tokenizer, stops)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        for i, gen in zip(
-            chunk, _batch(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, stops, criteria)
-        ):
-            results[i] = gen
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def one(chunk: list[int]) -> list[Generated]:
+        out = _batch(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens, stops, criteria)
         on_batch(len(chunk))
+        return out
+
+    for chunk, generated in zip(chunks, dist.map_parts(one, chunks)):
+        for i, gen in zip(chunk, generated):
+            results[i] = gen
     return results  # type: ignore[return-value]
 
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loramix.core import dist
 from loramix.core.errors import InputError
 from loramix.evaluate import generation, metrics
 from loramix.evaluate.report import EvalReport, EvalSettings, ModelScore
@@ -189,7 +190,8 @@ def run_eval(c: EvalConfig, progress) -> EvalReport:
     torch.manual_seed(c.seed)  # greedy decoding is deterministic; this pins anything else
     results, records = [], []
     for name, adapter in ms.entries():
-        with ms.active(adapter), progress(f"scoring {name}", len(dataset.rows)) as advance:
+        with ms.active(adapter), progress(f"scoring {name}", len(dataset.rows)) as own:
+            advance = _all_processes(own)
             if c.metric == "loss":
                 result, items = score.score_loss(ms, inputs, dataset.rows, c, advance)
             else:
@@ -201,17 +203,24 @@ def run_eval(c: EvalConfig, progress) -> EvalReport:
         records += [dict(model=name, index=i, **item) for i, item in enumerate(items)]
         results.append(result)
         log.note(f"eval: {name}: {c.metric} {result.score:.4g}")
-    if c.predictions is not None:
+    if c.predictions is not None and dist.is_main():  # every process holds every record
         write_predictions(c.predictions, records)
     return report(c, dataset, ms, stops, prefix, results)
 
 
+def _all_processes(advance):
+    """The first process's progress stands for all: each of n processes does about 1/n of the items."""
+    n = dist.world()
+    return advance if n == 1 else (lambda done: advance(done * n))
+
+
 def run_programs(c: EvalConfig):
-    """The sandbox with --timeout as its wall-clock and CPU limits."""
+    """The sandbox with --timeout as its wall-clock and CPU limits (the programs dealt out among
+    the processes, if there are several)."""
     from loramix.evaluate import sandbox
 
     limits = sandbox.Limits(timeout=c.timeout, cpu_seconds=math.ceil(c.timeout))
-    return lambda codes: sandbox.run_programs(codes, limits)
+    return lambda codes: dist.map_shares(lambda part: sandbox.run_programs(part, limits), codes)
 
 
 def open_base(c: EvalConfig):

@@ -53,14 +53,20 @@ def _prompt(row: dict):
 
 def score_loss(ms: ModelSet, examples: list, rows: list[dict], c, advance) -> tuple[ModelScore, list[dict]]:
     """Teacher-forced completion loss: token-weighted mean, perplexity, bootstrap 95% interval."""
+    from loramix.core import dist
+
     began = time.perf_counter()
     sums, counts = [], []
-    for start in range(0, len(examples), c.batch_size):
-        chunk = examples[start : start + c.batch_size]
-        s, n = _losses(ms, chunk)
+    chunks = [examples[start : start + c.batch_size] for start in range(0, len(examples), c.batch_size)]
+
+    def one(chunk: list) -> tuple[list[float], list[int]]:
+        out = _losses(ms, chunk)
+        advance(len(chunk))
+        return out
+
+    for s, n in dist.map_parts(one, chunks):  # with several processes, the chunks are dealt out
         sums += s
         counts += n
-        advance(len(chunk))
     seconds = time.perf_counter() - began
     kept = [(s, n) for s, n in zip(sums, counts) if n]  # evaluate.py refuses data where none is
     loss = sum(s for s, _ in kept) / sum(n for _, n in kept)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loramix.core import dist
 from loramix.core.errors import EXIT_INTERRUPTED, InputError, LoramixError
 from loramix.soup import layer
 from loramix.soup.report import DataSample, FitReport, SkillAdapter
@@ -244,10 +245,12 @@ def write(f: Fitting, history: loop.History, interrupted: bool = False) -> FitRe
     report = fit_report(f, raw, history, interrupted)
     report.rank, report.svd_error = {"min": min(ranks), "max": max(ranks)}, _span(errors)
     alpha = torch.tensor([[float("nan") if v is None else v for v in row] for row in report.alpha])
-    with atomic_dir(c.out, c.force) as tmp:
-        write_adapter(tmp, config, factors)
-        save_file({"alpha": alpha, "raw": raw.float().contiguous()}, str(tmp / TENSOR_NAME))
-        (tmp / TABLE_NAME).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    if dist.is_main():  # every process holds the same α: the first writes the result
+        with atomic_dir(c.out, c.force) as tmp:
+            write_adapter(tmp, config, factors)
+            save_file({"alpha": alpha, "raw": raw.float().contiguous()}, str(tmp / TENSOR_NAME))
+            (tmp / TABLE_NAME).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    dist.barrier()
     return report
 
 

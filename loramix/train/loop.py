@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loramix.core import checkpoint
+from loramix.core import checkpoint, dist
 from loramix.core.errors import EXIT_INTERRUPTED, InputError, LoramixError
 
 # report(step, fields): fields None once at the start, then {"loss", "tokens_per_s", "val_loss"} per step
@@ -164,11 +164,15 @@ def step_loss(run: Run, batches: list) -> tuple[float, int]:
     total = sum(sum(t != IGNORE for t in labels[1:]) for batch in batches for _, labels in batch)
     loss_sum, tokens = 0.0, 0
     for batch in batches:
-        loss, n_tokens = batch_loss(run, batch)
+        mine = dist.share(batch)  # with several processes, each takes its part of every micro-batch
+        if not mine:
+            continue
+        loss, n_tokens = batch_loss(run, mine)
         (loss / max(1, total)).backward()
         loss_sum += loss.item()
         tokens += n_tokens
-    return loss_sum / max(1, total), tokens
+    all_loss, all_tokens = dist.all_sum([loss_sum, tokens])
+    return all_loss / max(1, total), int(all_tokens)
 
 
 def batch_loss(run: Run, batch: list):
@@ -198,14 +202,16 @@ def validation_loss(run: Run) -> float | None:
     dropouts = [m for m in run.model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
     for m in dropouts:
         m.eval()
+    rows = dist.share(run.val)
     with torch.no_grad():
-        for i in range(0, len(run.val), run.settings.batch_size):
-            batch = run.val[i : i + run.settings.batch_size]
+        for i in range(0, len(rows), run.settings.batch_size):
+            batch = rows[i : i + run.settings.batch_size]
             loss_sum += batch_loss(run, batch)[0].item()
             count += sum(sum(t != IGNORE for t in labels[1:]) for _, labels in batch)
     for m in dropouts:
         m.train()
-    return loss_sum / max(1, count)
+    all_loss, all_count = dist.all_sum([loss_sum, count])
+    return all_loss / max(1, all_count)
 
 
 def fit(
@@ -230,6 +236,7 @@ def fit(
         torch.manual_seed(s.seed * 1_000_003 + step)  # dropout in the base, if any, replays on resume
         tick = time.time()
         loss, tokens = step_loss(run, step_batches(run, step))
+        dist.all_sum_grads(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -243,7 +250,7 @@ def fit(
                 history.val.append({"epoch": round(done / run.steps_per_epoch, 3), "step": done, "loss": round(val, 5)})
         history.seconds = round(time.time() - began, 2)
         report(done, {"loss": loss, "tokens_per_s": speed, "val_loss": val})
-        if stop() and done < run.steps:
+        if dist.any_true(stop()) and done < run.steps:
             if on_stop is not None:
                 on_stop(history)
             folder = _save_checkpoint(run, optimizer, history)
@@ -266,9 +273,10 @@ def _save_checkpoint(run: Run, optimizer, history: History) -> Path:
     folder = run.settings.checkpoint
     if folder is None:
         raise LoramixError("interrupted; this run writes no checkpoints")
-    checkpoint.save(
-        folder, trainable(run.model), optimizer, {"run": run.settings.fingerprint, "history": history.to_json()}
-    )
+    if dist.is_main():  # every process holds the same weights and optimizer state
+        state = {"run": run.settings.fingerprint, "history": history.to_json()}
+        checkpoint.save(folder, trainable(run.model), optimizer, state)
+    dist.barrier()
     return folder
 
 

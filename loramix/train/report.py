@@ -26,6 +26,7 @@ class TrainSetup:
     device: str
     dtype: str
     threads: int
+    processes: int = 1  # data-parallel processes (torchrun, accelerate launch)
 
 
 @dataclass(frozen=True)

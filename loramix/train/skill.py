@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loramix.core import checkpoint
+from loramix.core import checkpoint, dist
 from loramix.core.errors import InputError
 from loramix.core.interrupt import stop_on_interrupt
 from loramix.train import loop
@@ -125,6 +125,7 @@ def prepare(c: TrainConfig) -> Prepared:
         device=device,
         dtype=str(dtype).replace("torch.", ""),
         threads=threads,
+        processes=dist.world(),
     )
     options = TrainOptions(
         rank=c.rank,
@@ -218,15 +219,17 @@ def save(p: Prepared, history: loop.History, out: Path, force: bool) -> TrainLog
     from loramix.core.outputs import atomic_dir
 
     log = TrainLog(__version__, p.setup, p.options, p.run.steps_per_epoch, history)
-    with atomic_dir(out, force) as tmp:
-        p.run.model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card names a temporary path
-        config_path = tmp / "adapter_config.json"
-        config = json.loads(config_path.read_text())
-        config["base_model_name_or_path"] = p.setup.base
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / "train_log.json").write_text(json.dumps(log.to_json(), indent=1) + "\n")
-    shutil.rmtree(checkpoint.checkpoint_dir(out), ignore_errors=True)
+    if dist.is_main():  # every process holds the same LoRA: the first writes it
+        with atomic_dir(out, force) as tmp:
+            p.run.model.save_pretrained(tmp, safe_serialization=True)
+            (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card names a temporary path
+            config_path = tmp / "adapter_config.json"
+            config = json.loads(config_path.read_text())
+            config["base_model_name_or_path"] = p.setup.base
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / "train_log.json").write_text(json.dumps(log.to_json(), indent=1) + "\n")
+        shutil.rmtree(checkpoint.checkpoint_dir(out), ignore_errors=True)
+    dist.barrier()
     return log
 
 

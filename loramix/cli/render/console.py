@@ -15,9 +15,14 @@ from typing import Sequence
 from rich.console import Console
 from rich.text import Text
 
+from loramix.core import dist
+
 
 def stdout() -> Console:
-    """A console on stdout, made per call so that NO_COLOR, FORCE_COLOR and COLUMNS are read now."""
+    """A console on stdout, made per call so that NO_COLOR, FORCE_COLOR and COLUMNS are read now.
+    Of several processes of one run (torchrun), only the first prints results."""
+    if not dist.is_main():
+        return Console(file=io.StringIO())
     return Console(highlight=False, soft_wrap=False)
 
 
@@ -26,6 +31,8 @@ def stderr() -> Console:
 
 
 def print_json(doc: dict) -> None:
+    if not dist.is_main():
+        return
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
@@ -61,7 +68,7 @@ def install_log_handler() -> None:
     logger = logging.getLogger("loramix")
     if not any(isinstance(h, _LogLines) for h in logger.handlers):
         logger.addHandler(_LogLines())
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if dist.is_main() else logging.ERROR)  # the other processes would repeat it
     logger.propagate = False  # printed once, here, even if a library configures the root logger
 
 

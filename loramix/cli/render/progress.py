@@ -7,6 +7,7 @@ from typing import Iterator
 
 from loramix.cli.render import console
 from loramix.cli.render.cells import fmt_seconds
+from loramix.core import dist
 
 
 @contextmanager
@@ -23,7 +24,7 @@ def progress_items(description: str, total: int) -> Iterator:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     out = console.stderr()
-    if not out.is_terminal:
+    if not out.is_terminal or not dist.is_main():  # of several processes, the first reports
         yield lambda n: None
         return
     bar = Progress(
@@ -46,6 +47,9 @@ def training_progress(description: str, total: int) -> Iterator:
     import time
 
     out = console.stderr()
+    if not dist.is_main():
+        yield lambda step, fields: None
+        return
     if not out.is_terminal:
         every, began, first = max(1, total // 20), time.time(), [0]  # first: the step a resumed run starts at
 

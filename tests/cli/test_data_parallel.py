@@ -1,0 +1,104 @@
+"""train-skill, fit-cat and eval under `torchrun --nproc_per_node 2` (two CPU processes, gloo)
+against the same command in one process: one output, written once, with the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["--limit", "48", "--batch-size", "8", "--rank", "4", "--threads", "1", "--val-fraction", "0.2"]
+
+
+def _loramix(args: list[str], processes: int, cwd: Path) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = (launcher + ["-m", "loramix"] if processes > 1 else [sys.executable, "-m", "loramix"]) + args
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", COLUMNS="1000")
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _ok(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)  # one JSON document: only the first process prints
+
+
+def _max_gap(a: Path, b: Path, name: str) -> tuple[float, float]:
+    x, y = load_file(str(a / name)), load_file(str(b / name))
+    assert x.keys() == y.keys()
+    gap = max((x[k].float() - y[k].float()).abs().max().item() for k in x)
+    return gap, max(x[k].float().abs().max().item() for k in x)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each command once in one process and once in two."""
+    root = tmp_path_factory.mktemp("dp")
+    out: dict[str, dict] = {}
+    for n in (1, 2):
+        out[f"train{n}"] = _ok(
+            _loramix(["train-skill", "builtin:math", "-o", f"math{n}", "--max-steps", "4", "--json", *QUICK], n, root)
+        )
+    _ok(_loramix(["train-skill", "builtin:code", "-o", "code", "--max-steps", "3", "--json", *QUICK], 1, root))
+    for n in (1, 2):
+        fit = ["fit-cat", "math1", "code", "-d", "builtin:math", "-d", "builtin:code", "-o", f"soup{n}"]
+        out[f"fit{n}"] = _ok(_loramix([*fit, "--steps", "3", "--threads", "1", "--json"], n, root))
+        scored = ["eval", "-d", "builtin:math", "--adapter", "soup1", "--adapter", "math1", "--limit", "12"]
+        scored += ["--batch-size", "4", "--max-new-tokens", "12", "--threads", "1", "--json"]
+        out[f"eval{n}"] = _ok(_loramix([*scored, "--predictions", f"pred{n}.jsonl"], n, root))
+        loss = ["eval", "-d", "builtin:code", "--adapter", "code", "--metric", "loss", "--limit", "10"]
+        out[f"loss{n}"] = _ok(_loramix([*loss, "--batch-size", "3", "--threads", "1", "--json"], n, root))
+    return root, out
+
+
+def test_train_skill_in_two_processes_learns_what_one_does(runs):
+    root, out = runs
+    one, two = out["train1"], out["train2"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["steps"] == one["steps"] == 4 and two["tokens"] == one["tokens"]
+    # each process took half of every batch; the summed gradient is the whole batch's
+    assert two["loss_curve"] == pytest.approx(one["loss_curve"], rel=1e-4)
+    assert two["val_loss"][-1]["loss"] == pytest.approx(one["val_loss"][-1]["loss"], rel=1e-4)
+    gap, size = _max_gap(root / "math1", root / "math2", "adapter_model.safetensors")
+    assert gap < 1e-3 * size
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []  # nothing half-written
+
+
+def test_fit_cat_in_two_processes_learns_the_same_alpha(runs):
+    root, out = runs
+    one, two = ([v for row in out[k]["alpha"] for v in row] for k in ("fit1", "fit2"))
+    assert two == pytest.approx(one, rel=1e-4, abs=1e-6)
+    a = load_file(str(root / "soup1" / "cat_weights.safetensors"))["alpha"]
+    b = load_file(str(root / "soup2" / "cat_weights.safetensors"))["alpha"]
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_eval_in_two_processes_scores_every_item_as_one_does(runs):
+    root, out = runs
+    for metric in ("eval", "loss"):
+        one, two = out[f"{metric}1"], out[f"{metric}2"]
+        assert [m["name"] for m in two["models"]] == [m["name"] for m in one["models"]]
+        for a, b in zip(one["models"], two["models"]):
+            assert (b["score"], b["ci"], b["items_scored"], b["tokens"]) == (
+                a["score"],
+                a["ci"],
+                a["items_scored"],
+                a["tokens"],
+            )
+    # the same batches, dealt out: the same greedy text for every item, written once, in order
+    assert (root / "pred2.jsonl").read_text() == (root / "pred1.jsonl").read_text()
+
+
+def test_a_command_that_runs_in_one_process_refuses_the_launcher(tmp_path, base_dir, adapter_pair):
+    a, b = adapter_pair
+    result = _loramix(["merge", str(a), str(b), "-o", "merged"], 2, tmp_path)
+    assert result.returncode != 0
+    assert "merge runs in one process, not under torchrun" in result.stderr
+    assert not (tmp_path / "merged").exists()
