@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,42 @@ def test_a_command_that_runs_in_one_process_refuses_the_launcher(tmp_path, base_
     assert result.returncode != 0
     assert "merge runs in one process, not under torchrun" in result.stderr
     assert not (tmp_path / "merged").exists()
+
+
+def test_ctrl_c_on_one_process_checkpoints_and_a_resume_in_two_gives_the_same_run(tmp_path):
+    """Ctrl-C reaching the first process stops both after the same step; one checkpoint is
+    written, and resuming under the launcher ends where an uninterrupted run does."""
+    import psutil
+
+    train = ["train-skill", "builtin:math", "--max-steps", "12", "--json", *QUICK]
+    whole = _ok(_loramix([*train, "-o", "whole"], 2, tmp_path))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    run = subprocess.Popen(
+        [*launcher, "-m", "loramix", *train, "-o", "cut"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert run.stderr is not None
+    for line in run.stderr:
+        if "step 3/12" in line:
+            for child in psutil.Process(run.pid).children(recursive=True):
+                if child.environ().get("RANK") == "0":
+                    os.kill(child.pid, signal.SIGINT)
+    assert run.wait(timeout=300) != 0
+    assert not (tmp_path / "cut").exists() and (tmp_path / "cut-checkpoint" / "state.json").is_file()
+    resumed = _ok(_loramix([*train, "-o", "cut", "--resume"], 2, tmp_path))
+    assert resumed["resumed_at_step"] and 3 <= resumed["resumed_at_step"][0] < 12
+    assert resumed["loss_curve"] == pytest.approx(whole["loss_curve"], rel=1e-4)
+    assert not (tmp_path / "cut-checkpoint").exists()
+
+
+def test_accelerate_launch_runs_the_same_data_parallel_job(runs, tmp_path):
+    """`accelerate launch --multi_gpu` starts torchrun's processes (on CPUs too): the same run."""
+    pytest.importorskip("accelerate")
+    _, out = runs
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "loramix"]
+    train = ["train-skill", "builtin:math", "-o", "math", "--max-steps", "4", "--json", *QUICK]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    log = _ok(subprocess.run(launch + train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900))
+    assert log["processes"] == 2
+    assert log["loss_curve"] == pytest.approx(out["train2"]["loss_curve"], rel=1e-4)
