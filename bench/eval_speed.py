@@ -47,7 +47,7 @@ def naive(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> tu
     for p in prompts:
         with torch.no_grad():
             out = model.generate(
-                input_ids=torch.tensor([p]),
+                input_ids=torch.tensor([p], device=model.device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
@@ -83,7 +83,8 @@ def measure(args) -> dict:
 
     threads = models.set_threads(args.threads)
     path = models.bundled_path()
-    model, tokenizer = models.load_model(path, torch.float32, "cpu").eval(), models.load_tokenizer(path)
+    device = models.pick_device(args.device)
+    model, tokenizer = models.load_model(path, torch.float32, device).eval(), models.load_tokenizer(path)
     rows = data.load("builtin:math-code:eval", args.prompts).rows
     prompts = generation.prompt_ids(rows, tokenizer)
     best = {}
@@ -99,7 +100,13 @@ def measure(args) -> dict:
                     f"({n} tokens against {tokens})"
                 )
             best[b] = min(best.get(b, (n, s)), (n, s), key=lambda t: t[1])
-    return {"threads": threads, "best": best, "prompt_tokens": sum(map(len, prompts))}
+    return {"threads": threads, "best": best, "prompt_tokens": sum(map(len, prompts)), "device": device_name(device)}
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "CPU"
 
 
 def table(args, result: dict) -> list[str]:
@@ -131,7 +138,7 @@ def header(args, result: dict) -> list[str]:
         f"- machine: nproc={os.cpu_count()}, {platform.processor() or platform.machine()}, python "
         f"{platform.python_version()}, torch {version('torch')}, transformers {version('transformers')}, "
         f"torch threads {result['threads']}; git commit {commit or '?'}",
-        f"- model: loramix-tiny (float32, CPU); {args.prompts} prompts of builtin:math-code:eval "
+        f"- model: loramix-tiny (float32, {result['device']}); {args.prompts} prompts of builtin:math-code:eval "
         f"({result['prompt_tokens']} prompt tokens), greedy, at most {args.max_new_tokens} new tokens, stop at a "
         f"newline; best of {args.repeats}; every completion identical both ways",
     ]
@@ -144,6 +151,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     result = measure(args)

@@ -217,6 +217,8 @@ def timed_steps(model, ids, warmup: int, repeats: int) -> list[float]:
     for step in range(warmup + repeats):
         t0 = time.perf_counter()
         train_step(model, ids, params, optimizer, check=step == 0)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
     return times
@@ -250,16 +252,21 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     variant, _, k = args.worker.partition(":")
-    model = SETUPS[variant](args, args.dir, int(k or 0))
+    model = SETUPS[variant](args, args.dir, int(k or 0)).to(args.device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    ids = token_batch(args)
+    ids = token_batch(args).to(args.device)
     if args.save_logits:
         with torch.no_grad():
-            torch.save(model(input_ids=ids, use_cache=False).logits, args.dir / f"logits-{args.worker}.pt")
+            torch.save(model(input_ids=ids, use_cache=False).logits.cpu(), args.dir / f"logits-{args.worker}.pt")
     reset = settle_and_reset_peak()
-    rss0, busy0, t0 = rss_bytes(), busy_seconds(), time.perf_counter()
+    cuda = args.device.startswith("cuda")
+    if cuda:  # on a GPU, "RSS" and "peak" are the GPU memory allocated by torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = torch.cuda.memory_allocated() if cuda else rss_bytes()
+    busy0, t0 = busy_seconds(), time.perf_counter()
     times = timed_steps(model, ids, args.warmup, args.repeats)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     load = other_load(busy0, busy_seconds(), time.perf_counter() - t0)
     return {
         "key": args.worker,
@@ -290,6 +297,8 @@ def spawn(key: str, args, folder: Path, save_logits: bool) -> dict:
         str(args.threads),
         "--peft-scale-on",
         args.peft_scale_on,
+        "--device",
+        args.device,
     ]
     for name in [n for n in INT_OPTIONS if n != "rounds"]:
         cmd += [f"--{name}", str(getattr(args, name))]
@@ -358,6 +367,12 @@ def header_lines(args, ks: list[int], attn: str) -> list[str]:
     return [
         f"- machine: nproc={os.cpu_count()}, {cpu}, python {platform.python_version()}, torch {version('torch')}, "
         f"transformers {version('transformers')}, peft {version('peft')}, torch threads {args.threads}; {code_state()}",
+        f"- device: {args.device}"
+        + (
+            f" ({__import__('torch').cuda.get_device_name()}; memory columns are torch's peak GPU allocation)"
+            if args.device.startswith("cuda")
+            else ""
+        ),
         f"- model: random float32 Llama, hidden {args.hidden}, {args.layers} layers, intermediate {args.intermediate}, "
         f"{args.heads} heads, vocab {args.vocab}, attention {attn}; batch {args.batch} × {args.seq} tokens",
         f"- adapters: k = {', '.join(map(str, ks))}, rank {args.rank}, alpha {2 * args.rank}, on {', '.join(TARGETS)}; "
@@ -486,6 +501,7 @@ def parse_args(argv=None):
         help="where PEFT's trainable scale multiplies (default lora_A: r values per token)",
     )
     p.add_argument("--quick", action="store_true", help="tiny model, one round (debugging); other options still apply")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (then memory is torch's peak GPU allocation)")
     p.add_argument("--out", type=Path, default=RESULTS, help="markdown file for the results")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
