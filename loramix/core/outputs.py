@@ -15,7 +15,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -103,20 +103,53 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     made = [p for p in out.parents if not p.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _tmp_beside(out)
     tmp.mkdir()  # not tempfile.mkdtemp: its mode 0700 would become the output's
     try:
         yield tmp
         _install(out, tmp, force)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(made)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise LoramixError(
-                f"{out}: no space left on the device while writing it",
-                hint="free some space, or write it somewhere else",
-            ) from e
+        _discard(out, tmp, made, e)
         raise
+
+
+def write_file_atomic(out: Path, force: bool, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary file beside `out`, then put it in `out`'s place in one step
+    (onto a free path only, or with `force` by exchange). On any failure the temporary file and
+    any parent folders made for it are removed, and `out` is untouched."""
+    made = [p for p in out.parents if not p.exists()]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out)
+    tmp = _tmp_beside(out)
+    try:
+        write(tmp)
+        _install(out, tmp, force)
+    except BaseException as e:
+        _discard(out, tmp, made, e)
+        raise
+
+
+def _tmp_beside(out: Path) -> Path:
+    return out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _discard(out: Path, tmp: Path, made: list[Path], e: BaseException) -> None:
+    """After a failed write: remove what it left; a full disk names the output."""
+    _remove(tmp)
+    _remove_empty(made)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        raise LoramixError(
+            f"{out}: no space left on the device while writing it",
+            hint="free some space, or write it somewhere else",
+        ) from e
+
+
+def _remove(path: Path) -> None:
+    """A file or a folder, whichever `path` is (nothing if it is gone)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _remove_empty(folders: list[Path]) -> None:
@@ -137,7 +170,7 @@ def _install(out: Path, tmp: Path, force: bool) -> None:
             )
         return
     if _rename2(tmp, out, _EXCHANGE, fallback=lambda: _swap_by_renames(tmp, out)):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old output
+        _remove(tmp)  # tmp now holds the old output
 
 
 def _rename2(src: Path, dst: Path, flags: int, fallback) -> bool:
@@ -184,7 +217,7 @@ def _swap_by_renames(tmp: Path, out: Path) -> bool:
     except BaseException:
         old.rename(out)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
     return False  # tmp is gone: nothing for the caller to delete
 
 
@@ -207,7 +240,7 @@ def recover(out: Path) -> None:
 def _clean_stale(out: Path) -> None:
     for leftover in list(out.parent.glob(f".{out.name}.tmp-*")) + list(out.parent.glob(f".{out.name}.old-*")):
         if not _alive(leftover):
-            shutil.rmtree(leftover, ignore_errors=True)
+            _remove(leftover)
 
 
 def _alive(leftover: Path) -> bool:
@@ -237,11 +270,5 @@ def check_file(path: Path, force: bool, option: str, inputs: Iterable[Path] = ()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write `text` to a temporary file beside `path` and put it in place in one step."""
+    write_file_atomic(path, True, lambda tmp: tmp.write_text(text, encoding="utf-8"))

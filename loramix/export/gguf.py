@@ -19,11 +19,7 @@ For Llama bases the rows of B on q_proj and k_proj are put in llama.cpp's order
 
 from __future__ import annotations
 
-import errno
-import os
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,10 +27,10 @@ from typing import TYPE_CHECKING
 from loramix import __version__
 from loramix.core import log
 from loramix.core.adapters import Adapter, LoraModule, read_adapter
-from loramix.core.errors import AdapterError, InputError, LoramixError
+from loramix.core.errors import AdapterError, InputError
 from loramix.core.models import local_folder, same_base
 from loramix.core.modules import parse
-from loramix.core.outputs import check_file
+from loramix.core.outputs import check_file, write_file_atomic
 from loramix.export.layout import BaseLayout, read_layout, rope_order, tensor_name, within
 from loramix.export.report import GgufExport
 
@@ -87,7 +83,9 @@ def export_gguf(req: GgufRequest) -> GgufExport:
     rank = max(p.rank for p in pairs)
     padded = sum(p.rank < rank for p in pairs)
     pairs = [pad(p, rank) for p in pairs]
-    write_atomic(req.out, req.force, lambda tmp: write_gguf(tmp, layout.family.architecture, adapter.name, rank, pairs))
+    write_file_atomic(
+        req.out, req.force, lambda tmp: write_gguf(tmp, layout.family.architecture, adapter.name, rank, pairs)
+    )
     return GgufExport(
         version=__version__,
         out=str(req.out),
@@ -212,51 +210,3 @@ def write_gguf(path: Path, architecture: str, name: str, rank: int, pairs: list[
         writer.write_tensors_to_file()
     finally:
         writer.close()
-
-
-def write_atomic(out: Path, force: bool, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` to a temporary file beside `out`, then put it in place in one step: onto a free
-    path only (a hard link, which fails if `out` appeared meanwhile) or, with `force`, by rename.
-    On any failure the temporary file and folders made for it are removed and `out` is untouched."""
-    made = [p for p in out.parents if not p.exists()]  # deepest first
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        _install(tmp, out, force)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        _remove_empty(made)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise LoramixError(
-                f"{out}: no space left on the device while writing it", hint="free some space, or write it elsewhere"
-            ) from e
-        raise
-
-
-def _install(tmp: Path, out: Path, force: bool) -> None:
-    if force:
-        os.replace(tmp, out)
-        return
-    appeared = InputError(
-        f"{out}: appeared while this run was writing it (another run?)",
-        hint="pass --force to replace it, or write somewhere else",
-    )
-    try:
-        os.link(tmp, out)
-    except FileExistsError:
-        raise appeared
-    except OSError:  # a file system without hard links
-        if out.exists():
-            raise appeared
-        os.replace(tmp, out)
-        return
-    tmp.unlink()
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # no longer empty: somebody else wrote there
-            return
