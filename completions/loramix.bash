@@ -158,7 +158,7 @@ _loramix_cmd_train_skill() {
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--out -o --base -b --rank -r --alpha --targets -t --target-parameters --lr --epochs --max-steps --batch-size --grad-accum --max-length --val-fraction --warmup --save-every --resume --limit --load-in-4bit --dtype --device --threads --trust-remote-code --seed --force -f --json --help -h'
+        _loramix_reply -W '--out -o --base -b --rank -r --alpha --targets -t --target-parameters --lr --epochs --max-steps --batch-size --grad-accum --max-length --val-fraction --warmup --save-every --resume --limit --load-in-4bit --dtype --device --threads --trust-remote-code --fsdp --seed --force -f --json --help -h'
     fi
 }
 

@@ -140,6 +140,7 @@ complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l dtype -r -a 
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l device -r -a 'auto cpu cuda' -f -d 'auto, cpu, cuda or cuda:N.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l threads -r -f -d 'CPU threads for torch [default: one per core; use 1 when other processes keep the CPU busy, see README].'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l trust-remote-code -d 'Allow a base model to run its own Python code.'
+complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l fsdp -d 'Under torchrun or accelerate launch, shard the base\'s decoder layers across the processes (FSDP) so each holds 1/N of them, for bases that do not fit one device.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l seed -r -f -d 'Seed for the LoRA init, the validation split and the data order.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l force -s f -d 'Replace --out (and any old checkpoint) if it exists.'
 complete -c loramix -n '__fish_seen_subcommand_from train-skill' -l json -d 'Print one JSON document instead of a table.'

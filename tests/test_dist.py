@@ -90,3 +90,34 @@ def test_two_processes_share_work_and_sum_exactly(tmp_path):
         assert r["any_stop"] is True and r["none_stop"] is False
         assert r["gathered"] == ["r0", "r1"]
     assert r0["calls"] == [0, 2, 4, 6] and r1["calls"] == [1, 3, 5]  # each part computed once
+
+
+def _fsdp_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules=["q_proj"]))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    layer_numel = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n)
+    layers = dist.shard_layers(model, "cpu")
+    local = sum(dist._local(p).numel() for n, p in model.named_parameters() if ".layers." in n)
+    same = all(torch.equal(dist.full(p), before[n]) for n, p in model.named_parameters())
+    torch.save({"layers": layers, "local": local, "total": layer_numel, "same": same}, f"{out}/{rank}.pt")
+    dist.finish()
+
+
+def test_fsdp_keeps_half_of_every_layer_in_each_of_two_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_fsdp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    assert r0["layers"] == r1["layers"] == 2
+    assert r0["local"] + r1["local"] == r0["total"] and abs(r0["local"] - r1["local"]) <= r0["total"] // 10
+    assert r0["same"] and r1["same"]  # gathered whole again, every weight is what it was

@@ -17,11 +17,10 @@ def checkpoint_dir(out: Path) -> Path:
     return out.parent / f"{out.name}-checkpoint"
 
 
-def save(folder: Path, weights: dict, optimizer, state: dict) -> None:
-    """Write `weights` (name -> tensor), the optimizer's state and `state` (JSON) to `folder`."""
+def save(folder: Path, weights: dict, opt: dict, state: dict) -> None:
+    """Write `weights` (name -> tensor), the optimizer's state dict `opt` and `state` (JSON) to `folder`."""
     from safetensors.torch import save_file
 
-    opt = optimizer.state_dict()
     tensors, steps = {}, {}
     for index, entry in opt["state"].items():
         for key, value in entry.items():

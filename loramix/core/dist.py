@@ -100,7 +100,12 @@ def all_sum_grads(params: list[torch.Tensor]) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params if p.grad is not None]
+    for p in params:  # FSDP's reduce-scatter averaged the sharded ones: the loop wants their sum
+        if _sharded(p) and p.grad is not None:
+            p.grad.to_local().mul_(world())  # type: ignore[attr-defined]
+    grads = [p.grad for p in params if p.grad is not None and not _sharded(p)]
+    if not grads:
+        return
     flat = torch.cat([g.reshape(-1).float() for g in grads])  # one collective, not one per tensor
     td.all_reduce(flat)
     at = 0
@@ -150,6 +155,76 @@ def map_shares(fn: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]:
         for i, result in zip(group, results):
             out[i] = result
     return out
+
+
+def shard_layers(model, device: str) -> int:
+    """FSDP: shard the parameters of every decoder layer (the model's `_no_split_modules` classes)
+    across the processes, so each holds 1/world() of them; the rest of the model (embeddings, final
+    norm, output head) stays whole on every process. Gradients of sharded parameters are summed
+    over the processes by `all_sum_grads`, like the others. Returns the number of layers sharded (0: none found)."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    start()
+    kinds = set(getattr(model, "_no_split_modules", None) or [])
+    for inner in (getattr(model, "base_model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        kinds |= set(getattr(inner, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in kinds]
+    if not layers:
+        return 0
+    mesh = init_device_mesh(torch.device(device).type, (world(),))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    for p in model.parameters():
+        if not _sharded(p) and p.device != torch.device(device):
+            p.data = p.data.to(device)
+    for b in model.buffers():
+        b.data = b.data.to(device)
+    return len(layers)
+
+
+def _sharded(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole of a tensor FSDP shards (every process must call this, in the same order)."""
+    return t.full_tensor() if _sharded(t) else t  # type: ignore[attr-defined]
+
+
+def like(target: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """`whole` laid out as `target` is: this process's shard of it when `target` is sharded."""
+    if not _sharded(target):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    mesh, placements = target.device_mesh, target.placements  # type: ignore[attr-defined]
+    return distribute_tensor(whole.to(target.device, target.dtype), mesh, placements)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
+    """torch's clip_grad_norm_ (total L2 norm of all gradients), also when some are FSDP shards."""
+    import torch
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(_sharded(g) for g in grads):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    whole = sum(float(_local(g).float().pow(2).sum()) for g in grads if not _sharded(g))
+    shards = sum(float(_local(g).float().pow(2).sum()) for g in grads if _sharded(g))
+    total = (whole + all_sum([shards])[0]) ** 0.5
+    coefficient = min(1.0, max_norm / (total + 1e-6))
+    if coefficient < 1.0:
+        for g in grads:
+            _local(g).mul_(coefficient)
+
+
+def _local(t) -> torch.Tensor:
+    """This process's part of a tensor: its shard under FSDP, else the tensor itself."""
+    return t.to_local() if _sharded(t) else t
 
 
 def barrier() -> None:

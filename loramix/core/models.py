@@ -200,15 +200,21 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(path: Path, dtype, device: str, load_in_4bit: bool = False, trust_remote_code: bool = False):
-    """A causal LM from a local folder, in `dtype` on `device` (4-bit nf4 weights if asked)."""
+def load_model(
+    path: Path, dtype, device: str, load_in_4bit: bool = False, trust_remote_code: bool = False, shardable: bool = False
+):
+    """A causal LM from a local folder, in `dtype` on `device` (4-bit nf4 weights if asked).
+    `shardable`: 4-bit weights stored in `dtype` rather than uint8, so that FSDP can shard them."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}  # never unpickle
     if load_in_4bit:
         check_4bit(device)
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            **({"bnb_4bit_quant_storage": dtype} if shardable else {}),
         )
         kwargs["device_map"] = {"": device}
     try:

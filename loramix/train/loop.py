@@ -80,6 +80,7 @@ class Run:
     steps: int
     steps_per_epoch: int
     resume_from: tuple | None = None  # (weights, optimizer state, state) of a checkpoint
+    sharded: bool = False  # FSDP holds the decoder layers' weights in shards (core.dist.shard_layers)
 
 
 def check_common(
@@ -166,6 +167,8 @@ def step_loss(run: Run, batches: list) -> tuple[float, int]:
     for batch in batches:
         mine = dist.share(batch)  # with several processes, each takes its part of every micro-batch
         if not mine:
+            if run.sharded:  # FSDP gathers each layer's weights in every process: all must run it
+                (batch_loss(run, batch[:1])[0] * 0.0).backward()
             continue
         loss, n_tokens = batch_loss(run, mine)
         (loss / max(1, total)).backward()
@@ -202,10 +205,13 @@ def validation_loss(run: Run) -> float | None:
     dropouts = [m for m in run.model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
     for m in dropouts:
         m.eval()
-    rows = dist.share(run.val)
     with torch.no_grad():
-        for i in range(0, len(rows), run.settings.batch_size):
-            batch = rows[i : i + run.settings.batch_size]
+        for i in range(0, len(run.val), run.settings.batch_size):
+            batch = dist.share(run.val[i : i + run.settings.batch_size])  # each process, its part
+            if not batch:
+                if run.sharded:  # every process runs every sharded forward
+                    batch_loss(run, run.val[i : i + 1])
+                continue
             loss_sum += batch_loss(run, batch)[0].item()
             count += sum(sum(t != IGNORE for t in labels[1:]) for _, labels in batch)
     for m in dropouts:
@@ -237,7 +243,7 @@ def fit(
         tick = time.time()
         loss, tokens = step_loss(run, step_batches(run, step))
         dist.all_sum_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        dist.clip_grad_norm(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         speed = tokens / max(1e-9, time.time() - tick)
@@ -273,9 +279,14 @@ def _save_checkpoint(run: Run, optimizer, history: History) -> Path:
     folder = run.settings.checkpoint
     if folder is None:
         raise LoramixError("interrupted; this run writes no checkpoints")
+    weights = {name: dist.full(p) for name, p in trainable(run.model).items()}  # whole, if FSDP shards them
+    opt = optimizer.state_dict()
+    for entry in opt["state"].values():
+        for key, value in entry.items():
+            entry[key] = dist.full(value)
     if dist.is_main():  # every process holds the same weights and optimizer state
         state = {"run": run.settings.fingerprint, "history": history.to_json()}
-        checkpoint.save(folder, trainable(run.model), optimizer, state)
+        checkpoint.save(folder, weights, opt, state)
     dist.barrier()
     return folder
 
@@ -306,9 +317,15 @@ def _restore(run: Run, optimizer) -> History:
 
     assert run.resume_from is not None
     weights, opt_state, state = run.resume_from
+    params = trainable(run.model)
     with torch.no_grad():
-        for name, p in trainable(run.model).items():
-            p.copy_(weights[name])
+        for name, p in params.items():
+            p.copy_(dist.like(p, weights[name]))
+    by_index = list(params.values())  # the optimizer's one group holds them in this order
+    for index, entry in opt_state["state"].items():
+        for key, value in entry.items():
+            if key != "step":
+                entry[key] = dist.like(by_index[index], value)
     optimizer.load_state_dict(opt_state)
     history = History.from_json(state["history"])
     history.resumed_at.append(len(history.loss))

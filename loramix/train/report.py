@@ -27,6 +27,7 @@ class TrainSetup:
     dtype: str
     threads: int
     processes: int = 1  # data-parallel processes (torchrun, accelerate launch)
+    fsdp: bool = False  # the decoder layers sharded across them
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class TrainConfig:
     threads: int | None = None
     limit: int | None = None
     trust_remote_code: bool = False
+    fsdp: bool = False  # shard the decoder layers across the launcher's processes
     force: bool = False
 
 
@@ -84,6 +85,11 @@ def check_options(c: TrainConfig) -> None:
         raise InputError(f"--rank {c.rank}: must be at least 1")
     if c.save_every < 0:
         raise InputError(f"--save-every {c.save_every}: must be at least 0")
+    if c.fsdp and dist.world() == 1:
+        raise InputError(
+            "--fsdp shards the base across the processes of one run, and this is a single process",
+            hint="launch it with torchrun --nproc_per_node N (or accelerate launch), or drop --fsdp",
+        )
     loop.check_positive("--alpha", c.alpha)
     loop.check_common(
         lr=c.lr,
@@ -110,7 +116,12 @@ def prepare(c: TrainConfig) -> Prepared:
     tokenizer = models.load_tokenizer(path, c.trust_remote_code)
     examples = data.tokenize_all(dataset.rows, tokenizer, c.max_length, c.data)
     train, val = loop.split_rows(examples, c.val_fraction, c.seed)
-    model, targets = _add_lora(models.load_model(path, dtype, device, c.load_in_4bit, c.trust_remote_code), c)
+    # with --fsdp a full-precision base is read on the CPU and only each process's shard moves to its device
+    at = "cpu" if c.fsdp and not c.load_in_4bit else device
+    base = models.load_model(path, dtype, at, c.load_in_4bit, c.trust_remote_code, shardable=c.fsdp)
+    model, targets = _add_lora(base, c)
+    if c.fsdp and dist.shard_layers(model, device) == 0:
+        raise InputError(f"--fsdp: {c.base} names no decoder layer class to shard (_no_split_modules)")
     lr = c.lr if c.lr is not None else BUNDLED_LR if c.base == models.BUNDLED else OTHER_LR
     steps, per_epoch = loop.plan_steps(len(train), c.batch_size, c.grad_accum, c.epochs, c.max_steps)
     setup = TrainSetup(
@@ -126,6 +137,7 @@ def prepare(c: TrainConfig) -> Prepared:
         dtype=str(dtype).replace("torch.", ""),
         threads=threads,
         processes=dist.world(),
+        fsdp=c.fsdp,
     )
     options = TrainOptions(
         rank=c.rank,
@@ -155,7 +167,7 @@ def prepare(c: TrainConfig) -> Prepared:
         checkpoint=folder,
         fingerprint=fingerprint(setup, options),
     )
-    run = loop.Run(settings, model, tokenizer, train, val, device, steps, per_epoch)
+    run = loop.Run(settings, model, tokenizer, train, val, device, steps, per_epoch, sharded=c.fsdp)
     if c.resume:
         run.resume_from = loop.checked_checkpoint(folder, settings.fingerprint, model)
     return Prepared(run, setup, options)
@@ -219,9 +231,10 @@ def save(p: Prepared, history: loop.History, out: Path, force: bool) -> TrainLog
     from loramix.core.outputs import atomic_dir
 
     log = TrainLog(__version__, p.setup, p.options, p.run.steps_per_epoch, history)
+    weights = {name: dist.full(t) for name, t in loop.trainable(p.run.model).items()}  # whole, if sharded
     if dist.is_main():  # every process holds the same LoRA: the first writes it
         with atomic_dir(out, force) as tmp:
-            p.run.model.save_pretrained(tmp, safe_serialization=True)
+            p.run.model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card names a temporary path
             config_path = tmp / "adapter_config.json"
             config = json.loads(config_path.read_text())

@@ -47,6 +47,8 @@ def runs(tmp_path_factory):
         out[f"train{n}"] = _ok(
             _loramix(["train-skill", "builtin:math", "-o", f"math{n}", "--max-steps", "4", "--json", *QUICK], n, root)
         )
+    fsdp = ["train-skill", "builtin:math", "-o", "math-fsdp", "--max-steps", "4", "--fsdp", "--json", *QUICK]
+    out["fsdp"] = _ok(_loramix(fsdp, 2, root))
     _ok(_loramix(["train-skill", "builtin:code", "-o", "code", "--max-steps", "3", "--json", *QUICK], 1, root))
     for n in (1, 2):
         fit = ["fit-cat", "math1", "code", "-d", "builtin:math", "-d", "builtin:code", "-o", f"soup{n}"]
@@ -70,6 +72,20 @@ def test_train_skill_in_two_processes_learns_what_one_does(runs):
     gap, size = _max_gap(root / "math1", root / "math2", "adapter_model.safetensors")
     assert gap < 1e-3 * size
     assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []  # nothing half-written
+
+
+def test_train_skill_with_the_layers_sharded_learns_what_one_process_does(runs):
+    root, out = runs
+    one, sharded = out["train1"], out["fsdp"]
+    assert (sharded["processes"], sharded["fsdp"], one["fsdp"]) == (2, True, False)
+    assert sharded["loss_curve"] == pytest.approx(one["loss_curve"], rel=1e-4)
+    gap, size = _max_gap(root / "math1", root / "math-fsdp", "adapter_model.safetensors")
+    assert gap < 1e-3 * size  # the whole LoRA was gathered and written, in PEFT's names
+
+
+def test_fsdp_needs_several_processes(tmp_path):
+    result = _loramix(["train-skill", "builtin:math", "-o", "m", "--fsdp", *QUICK], 1, tmp_path)
+    assert result.returncode == 2 and "--fsdp shards the base across the processes" in result.stderr
 
 
 def test_fit_cat_in_two_processes_learns_the_same_alpha(runs):
@@ -105,13 +121,16 @@ def test_a_command_that_runs_in_one_process_refuses_the_launcher(tmp_path, base_
     assert not (tmp_path / "merged").exists()
 
 
-def test_ctrl_c_on_one_process_checkpoints_and_a_resume_in_two_gives_the_same_run(tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["replicated", "fsdp"])
+def test_ctrl_c_on_one_process_checkpoints_and_a_resume_in_two_gives_the_same_run(tmp_path, sharding):
     """Ctrl-C reaching the first process stops both after the same step; one checkpoint is
-    written, and resuming under the launcher ends where an uninterrupted run does."""
+    written (whole, when FSDP shards the weights), and resuming under the launcher ends where an
+    uninterrupted run does."""
     import psutil
 
     train = ["train-skill", "builtin:math", "--max-steps", "12", "--json", *QUICK]
     whole = _ok(_loramix([*train, "-o", "whole"], 2, tmp_path))
+    train += sharding
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     run = subprocess.Popen(
