@@ -95,7 +95,7 @@ _loramix_cmd_fit_cat() {
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--data -d --out -o --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --profile --rank -r --base -b --load-in-4bit --dtype --device --threads --seed --force -f --json --help -h'
+        _loramix_reply -W '--data -d --out -o --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --profile --rank -r --base -b --load-in-4bit --fsdp --dtype --device --threads --seed --force -f --json --help -h'
     else
         compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi

@@ -83,6 +83,7 @@ complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l profile -r -a 'p
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l rank -s r -r -f -d 'Truncate the written adapter to this rank by SVD [default: Σr, exact].'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l base -s b -r -a '(__fish_complete_directories)' -f -d 'Base model [default: the one the adapters record].'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l load-in-4bit -d 'Load the base in 4 bits (nf4, bitsandbytes; CPU or GPU).'
+complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l fsdp -d 'Under torchrun or accelerate launch, shard the base\'s decoder layers across the processes (FSDP) so each holds 1/N of them, for bases that do not fit one device.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l dtype -r -a 'auto bfloat16 float16 float32' -f -d 'Weights\' dtype [auto: float32 on a CPU, bfloat16 on a GPU that has it, else float16].'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l device -r -a 'auto cpu cuda' -f -d 'auto, cpu, cuda or cuda:N.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l threads -r -f -d 'CPU threads for torch [default: one per core; use 1 when other processes keep the CPU busy, see README].'

@@ -59,6 +59,15 @@ def load_in_4bit() -> Any:
     return typer.Option(False, "--load-in-4bit", help="Load the base in 4 bits (nf4, bitsandbytes; CPU or GPU).")
 
 
+def fsdp() -> Any:
+    return typer.Option(
+        False,
+        "--fsdp",
+        help="Under torchrun or accelerate launch, shard the base's decoder layers across the processes "
+        "(FSDP) so each holds 1/N of them, for bases that do not fit one device.",
+    )
+
+
 def base(default: Optional[str] = None, help: str = "Base model [default: the one the adapters record].") -> Any:
     return typer.Option(default, "--base", "-b", help=help, show_default=default is not None)
 

@@ -56,12 +56,7 @@ def train_skill(
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Allow a base model to run its own Python code."
     ),
-    fsdp: bool = typer.Option(
-        False,
-        "--fsdp",
-        help="Under torchrun or accelerate launch, shard the base's decoder layers across the processes "
-        "(FSDP) so each holds 1/N of them, for bases that do not fit one device.",
-    ),
+    fsdp: bool = options.fsdp(),
     seed: int = options.seed("the LoRA init, the validation split and the data order"),
     force: bool = options.force("--out (and any old checkpoint)"),
     json_out: bool = options.json_out("a table"),

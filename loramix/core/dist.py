@@ -184,6 +184,24 @@ def shard_layers(model, device: str) -> int:
     return len(layers)
 
 
+def check_fsdp(fsdp: bool) -> None:
+    """--fsdp needs the processes of a launcher to shard across."""
+    if fsdp and world() == 1:
+        from loramix.core.errors import InputError
+
+        raise InputError(
+            "--fsdp shards the base across the processes of one run, and this is a single process",
+            hint="launch it with torchrun --nproc_per_node N (or accelerate launch), or drop --fsdp",
+        )
+
+
+def shard_or_refuse(model, device: str, base: str) -> None:
+    if shard_layers(model, device) == 0:
+        from loramix.core.errors import InputError
+
+        raise InputError(f"--fsdp: {base} names no decoder layer class to shard (_no_split_modules)")
+
+
 def _sharded(t) -> bool:
     from torch.distributed.tensor import DTensor
 

@@ -45,6 +45,7 @@ class CatConfig:
     profile: str = "peft"
     rank: int | None = None  # truncate the written adapter by SVD [default: Σ r_i, exact]
     load_in_4bit: bool = False
+    fsdp: bool = False  # shard the base's decoder layers across the launcher's processes
     dtype: str = "auto"
     device: str = "auto"
     threads: int | None = None
@@ -97,6 +98,7 @@ def check_options(c: CatConfig) -> None:
         raise InputError(f"--rank {c.rank}: must be at least 1")
     if c.max_steps is not None and c.max_steps < 1:
         raise InputError(f"--steps {c.max_steps}: must be at least 1")
+    dist.check_fsdp(c.fsdp)
     resolved = [Path(p).resolve() for p in c.adapters]
     if len(set(resolved)) < len(resolved):
         raise InputError("the same adapter is given twice", hint="each skill once; copy the folder to study twins")
@@ -165,10 +167,14 @@ def prepare(c: CatConfig) -> Fitting:
     tokenizer = models.load_tokenizer(path)
     examples = mixed_examples(samples, tokenizer, c)
     rows_train, rows_val = loop.split_rows(examples, c.val_fraction, c.seed)
-    model = models.load_model(path, dtype, device, c.load_in_4bit)
+    # with --fsdp a full-precision base is read on the CPU and only each process's shard moves to its device
+    at = "cpu" if c.fsdp and not c.load_in_4bit else device
+    model = models.load_model(path, dtype, at, c.load_in_4bit, shardable=c.fsdp)
     check_adapter_shapes(model, adapters)
     torch.manual_seed(c.seed)
     alpha, labels, group = layer.wrap(model, adapters, c.granularity, c.param, c.init)
+    if c.fsdp:
+        dist.shard_or_refuse(model, device, str(c.base or base))
     model.train()  # 4-bit bases: an eval-mode forward may repack their weights (docs/architecture.md, 4-bit bases)
     steps, per_epoch = loop.plan_steps(len(rows_train), c.batch_size, c.grad_accum, c.epochs, c.max_steps)
     settings = loop.LoopSettings(
@@ -179,7 +185,7 @@ def prepare(c: CatConfig) -> Fitting:
         seed=c.seed,
         eval_every=c.eval_every or max(1, steps // 4),
     )
-    run = loop.Run(settings, model, tokenizer, rows_train, rows_val, device, steps, per_epoch)
+    run = loop.Run(settings, model, tokenizer, rows_train, rows_val, device, steps, per_epoch, sharded=c.fsdp)
     return Fitting(
         c, run, adapters, alpha, labels, group, models.base_record(base), sources, str(dtype).replace("torch.", "")
     )

@@ -85,11 +85,7 @@ def check_options(c: TrainConfig) -> None:
         raise InputError(f"--rank {c.rank}: must be at least 1")
     if c.save_every < 0:
         raise InputError(f"--save-every {c.save_every}: must be at least 0")
-    if c.fsdp and dist.world() == 1:
-        raise InputError(
-            "--fsdp shards the base across the processes of one run, and this is a single process",
-            hint="launch it with torchrun --nproc_per_node N (or accelerate launch), or drop --fsdp",
-        )
+    dist.check_fsdp(c.fsdp)
     loop.check_positive("--alpha", c.alpha)
     loop.check_common(
         lr=c.lr,
@@ -120,8 +116,8 @@ def prepare(c: TrainConfig) -> Prepared:
     at = "cpu" if c.fsdp and not c.load_in_4bit else device
     base = models.load_model(path, dtype, at, c.load_in_4bit, c.trust_remote_code, shardable=c.fsdp)
     model, targets = _add_lora(base, c)
-    if c.fsdp and dist.shard_layers(model, device) == 0:
-        raise InputError(f"--fsdp: {c.base} names no decoder layer class to shard (_no_split_modules)")
+    if c.fsdp:
+        dist.shard_or_refuse(model, device, c.base)
     lr = c.lr if c.lr is not None else BUNDLED_LR if c.base == models.BUNDLED else OTHER_LR
     steps, per_epoch = loop.plan_steps(len(train), c.batch_size, c.grad_accum, c.epochs, c.max_steps)
     setup = TrainSetup(

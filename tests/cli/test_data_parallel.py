@@ -53,6 +53,9 @@ def runs(tmp_path_factory):
     for n in (1, 2):
         fit = ["fit-cat", "math1", "code", "-d", "builtin:math", "-d", "builtin:code", "-o", f"soup{n}"]
         out[f"fit{n}"] = _ok(_loramix([*fit, "--steps", "3", "--threads", "1", "--json"], n, root))
+        if n == 2:
+            fit[-1] = "soup-fsdp"
+            out["fit-fsdp"] = _ok(_loramix([*fit, "--steps", "3", "--threads", "1", "--fsdp", "--json"], n, root))
         scored = ["eval", "-d", "builtin:math", "--adapter", "soup1", "--adapter", "math1", "--limit", "12"]
         scored += ["--batch-size", "4", "--max-new-tokens", "12", "--threads", "1", "--json"]
         out[f"eval{n}"] = _ok(_loramix([*scored, "--predictions", f"pred{n}.jsonl"], n, root))
@@ -90,8 +93,9 @@ def test_fsdp_needs_several_processes(tmp_path):
 
 def test_fit_cat_in_two_processes_learns_the_same_alpha(runs):
     root, out = runs
-    one, two = ([v for row in out[k]["alpha"] for v in row] for k in ("fit1", "fit2"))
+    one, two, sharded = ([v for row in out[k]["alpha"] for v in row] for k in ("fit1", "fit2", "fit-fsdp"))
     assert two == pytest.approx(one, rel=1e-4, abs=1e-6)
+    assert sharded == pytest.approx(one, rel=1e-4, abs=1e-6)  # the base's layers sharded (--fsdp)
     a = load_file(str(root / "soup1" / "cat_weights.safetensors"))["alpha"]
     b = load_file(str(root / "soup2" / "cat_weights.safetensors"))["alpha"]
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
