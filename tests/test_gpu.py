@@ -1,5 +1,5 @@
 """The CUDA path: train-skill (bfloat16 and 4-bit), fit-cat and eval on a GPU, and two processes on
-two GPUs (nccl). Skipped without CUDA; bench/gpu.sh runs them on a GPU machine."""
+two GPUs (nccl), replicated and with --fsdp. Skipped without CUDA; bench/gpu.sh runs them on a GPU machine."""
 
 from __future__ import annotations
 
@@ -77,3 +77,6 @@ def test_two_gpus_train_as_one(trained, tmp_path):
     two = _loramix([*args, "-o", "two"], tmp_path, processes=2)
     assert two["processes"] == 2 and two["device"] == "cuda:0"
     assert two["loss_curve"] == pytest.approx(one["loss_curve"], rel=1e-3)
+    sharded = _loramix([*args, "-o", "sharded", "--fsdp"], tmp_path, processes=2)
+    assert sharded["fsdp"] and sharded["loss_curve"] == pytest.approx(one["loss_curve"], rel=1e-3)
+    assert _finite(tmp_path / "sharded")
