@@ -474,14 +474,18 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_dump_failing_to_rename_leaves_nothing(tmp_path, monkeypatch):
-    def fail(self, target):
-        raise OSError(28, "No space left on device", str(target))
+    from loramix.core import outputs
+    from loramix.core.errors import LoramixError
 
-    monkeypatch.setattr(Path, "replace", fail)
-    out = tmp_path / "out.jsonl"
-    with pytest.raises(OSError, match="No space left"):
+    def fail(out, tmp, force):
+        assert tmp.is_file()  # written in full beside the output, then put in place
+        raise OSError(28, "No space left on device", str(out))
+
+    monkeypatch.setattr(outputs, "_install", fail)
+    out = tmp_path / "sub" / "out.jsonl"
+    with pytest.raises(LoramixError, match=r"out\.jsonl: no space left on the device"):
         data.dump(Dataset("x", [PROMPT, TEXT]), out)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # no temporary file, and the folder made for it is gone
 
 
 def test_a_huge_row_costs_what_its_kept_tokens_cost():

@@ -126,15 +126,14 @@ def test_a_command_that_runs_in_one_process_refuses_the_launcher(tmp_path, base_
 
 
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["replicated", "fsdp"])
-def test_ctrl_c_on_one_process_checkpoints_and_a_resume_in_two_gives_the_same_run(tmp_path, sharding):
+def test_ctrl_c_on_one_process_checkpoints_and_a_resume_in_two_gives_the_same_run(runs, tmp_path, sharding):
     """Ctrl-C reaching the first process stops both after the same step; one checkpoint is
     written (whole, when FSDP shards the weights), and resuming under the launcher ends where an
     uninterrupted run does."""
     import psutil
 
-    train = ["train-skill", "builtin:math", "--max-steps", "12", "--json", *QUICK]
-    whole = _ok(_loramix([*train, "-o", "whole"], 2, tmp_path))
-    train += sharding
+    whole = runs[1]["train2"]  # the same run, uninterrupted
+    train = ["train-skill", "builtin:math", "--max-steps", "4", "--json", *QUICK, *sharding]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     run = subprocess.Popen(
@@ -142,14 +141,14 @@ def test_ctrl_c_on_one_process_checkpoints_and_a_resume_in_two_gives_the_same_ru
     )
     assert run.stderr is not None
     for line in run.stderr:
-        if "step 3/12" in line:
+        if "step 1/4" in line:
             for child in psutil.Process(run.pid).children(recursive=True):
                 if child.environ().get("RANK") == "0":
                     os.kill(child.pid, signal.SIGINT)
     assert run.wait(timeout=300) != 0
     assert not (tmp_path / "cut").exists() and (tmp_path / "cut-checkpoint" / "state.json").is_file()
     resumed = _ok(_loramix([*train, "-o", "cut", "--resume"], 2, tmp_path))
-    assert resumed["resumed_at_step"] and 3 <= resumed["resumed_at_step"][0] < 12
+    assert resumed["resumed_at_step"] and 1 <= resumed["resumed_at_step"][0] < 4
     assert resumed["loss_curve"] == pytest.approx(whole["loss_curve"], rel=1e-4)
     assert not (tmp_path / "cut-checkpoint").exists()
 
