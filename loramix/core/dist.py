@@ -1,10 +1,11 @@
 """Running as one of several processes (data parallel), under `torchrun` or `accelerate launch`.
 
 Both launchers set RANK, WORLD_SIZE and LOCAL_RANK (and MASTER_ADDR/MASTER_PORT); loramix then
-joins their process group (gloo on CPUs, nccl on GPUs). Every process holds the whole model and
-the same data order; each works on its share of every batch (`share`), gradients and sums are added
-across processes (`all_sum`), and only the first process writes outputs and prints (`is_main`). A
-single process is the case of one: every helper is then a no-op, so the jobs read the same either way.
+joins their process group (gloo on CPUs, nccl on GPUs). Every process holds the whole model (or,
+with --fsdp, its shards of the decoder layers: `shard_layers`) and the same data order; each works
+on its share of every batch (`share`), gradients and sums are added across processes (`all_sum`,
+`all_sum_grads`), and only the first process writes outputs and prints (`is_main`). A single
+process is the case of one: every helper is then a no-op, so the jobs read the same either way.
 """
 
 from __future__ import annotations
@@ -97,13 +98,14 @@ def all_sum_grads(params: list[torch.Tensor]) -> None:
     import torch.distributed as td
 
     start()
+    grads = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    for p in params:  # FSDP's reduce-scatter averaged the sharded ones: the loop wants their sum
-        if _sharded(p) and p.grad is not None:
-            p.grad.to_local().mul_(world())  # type: ignore[attr-defined]
-    grads = [p.grad for p in params if p.grad is not None and not _sharded(p)]
+        if _sharded(p):  # FSDP's reduce-scatter averaged it over the processes: the loop wants the sum
+            _local(p.grad).mul_(world())
+        else:
+            grads.append(p.grad)
     if not grads:
         return
     flat = torch.cat([g.reshape(-1).float() for g in grads])  # one collective, not one per tensor

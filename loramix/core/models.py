@@ -204,7 +204,9 @@ def load_model(
     path: Path, dtype, device: str, load_in_4bit: bool = False, trust_remote_code: bool = False, shardable: bool = False
 ):
     """A causal LM from a local folder, in `dtype` on `device` (4-bit nf4 weights if asked).
-    `shardable`: 4-bit weights stored in `dtype` rather than uint8, so that FSDP can shard them."""
+    `shardable` (FSDP will shard it): 4-bit weights are stored in `dtype` rather than uint8, so that
+    they can be sharded, and full-precision weights stay on the CPU until each process moves its
+    shards to `device` (core.dist.shard_layers)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}  # never unpickle
@@ -235,6 +237,8 @@ def load_model(
         raise
     if load_in_4bit:
         _check_quantized(model, path)
+        return model
+    if shardable:
         return model
     return model.to(device)  # type: ignore[arg-type]  # transformers' to() is typed for dtypes only
 

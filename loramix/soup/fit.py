@@ -167,9 +167,7 @@ def prepare(c: CatConfig) -> Fitting:
     tokenizer = models.load_tokenizer(path)
     examples = mixed_examples(samples, tokenizer, c)
     rows_train, rows_val = loop.split_rows(examples, c.val_fraction, c.seed)
-    # with --fsdp a full-precision base is read on the CPU and only each process's shard moves to its device
-    at = "cpu" if c.fsdp and not c.load_in_4bit else device
-    model = models.load_model(path, dtype, at, c.load_in_4bit, shardable=c.fsdp)
+    model = models.load_model(path, dtype, device, c.load_in_4bit, shardable=c.fsdp)
     check_adapter_shapes(model, adapters)
     torch.manual_seed(c.seed)
     alpha, labels, group = layer.wrap(model, adapters, c.granularity, c.param, c.init)

@@ -112,9 +112,7 @@ def prepare(c: TrainConfig) -> Prepared:
     tokenizer = models.load_tokenizer(path, c.trust_remote_code)
     examples = data.tokenize_all(dataset.rows, tokenizer, c.max_length, c.data)
     train, val = loop.split_rows(examples, c.val_fraction, c.seed)
-    # with --fsdp a full-precision base is read on the CPU and only each process's shard moves to its device
-    at = "cpu" if c.fsdp and not c.load_in_4bit else device
-    base = models.load_model(path, dtype, at, c.load_in_4bit, c.trust_remote_code, shardable=c.fsdp)
+    base = models.load_model(path, dtype, device, c.load_in_4bit, c.trust_remote_code, shardable=c.fsdp)
     model, targets = _add_lora(base, c)
     if c.fsdp:
         dist.shard_or_refuse(model, device, c.base)
