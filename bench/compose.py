@@ -91,7 +91,7 @@ def spread(values: list[float]) -> dict:
 def cat_variant(args, name: str, adapters: list[Path], data: list[str], **options) -> dict:
     """Fit one CAT variant on seed-0 adapters and score it on every task."""
     from loramix.evaluate.job import EvalConfig, run_eval
-    from loramix.soup import fit
+    from loramix.soup import fit, job
 
     out = args.work / "study" / name
     config = fit.CatConfig(
@@ -103,7 +103,7 @@ def cat_variant(args, name: str, adapters: list[Path], data: list[str], **option
         **({"fraction": 0.05, "init": 1 / len(adapters), "lr": 0.1} | options),
     )
     began = time.perf_counter()
-    fitted = fit.run_fit(config, quiet)
+    fitted = job.run_fit(config, quiet)
     scores = {}
     for task, metric in (("math-code", "program"), *[(s, "exact") for s in ("math", "code", "units", "words")]):
         if task in ("math-code", "math", "code") or f"builtin:{task}" in data:

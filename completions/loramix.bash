@@ -17,9 +17,11 @@ _loramix_cmd_data() {
     case "$prev" in
         --limit|-n) return ;;
         --dump) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --fraction) return ;;
+        --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--limit -n --dump --force -f --json --help -h'
+        _loramix_reply -W '--limit -n --dump --fraction --seed --force -f --json --help -h'
     fi
 }
 
@@ -75,6 +77,7 @@ _loramix_cmd_fit_cat() {
     case "$prev" in
         --data|-d) return ;;
         --out|-o) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
+        --method|-m) _loramix_reply -W 'arrow cat lorahub moe'; return ;;
         --fraction) return ;;
         --granularity) _loramix_reply -W 'global layer module'; return ;;
         --param) _loramix_reply -W 'free softmax'; return ;;
@@ -86,6 +89,9 @@ _loramix_cmd_fit_cat() {
         --grad-accum) return ;;
         --max-length) return ;;
         --val-fraction) return ;;
+        --budget) return ;;
+        --top-k) return ;;
+        --temperature) return ;;
         --profile) _loramix_reply -W 'peft portable'; return ;;
         --rank|-r) return ;;
         --base|-b) compopt -o filenames 2>/dev/null; _loramix_reply -d; return ;;
@@ -95,7 +101,7 @@ _loramix_cmd_fit_cat() {
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--data -d --out -o --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --profile --rank -r --base -b --load-in-4bit --fsdp --dtype --device --threads --seed --force -f --json --help -h'
+        _loramix_reply -W '--data -d --out -o --method -m --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --budget --top-k --temperature --profile --rank -r --base -b --load-in-4bit --fsdp --dtype --device --threads --seed --force -f --json --help -h'
     else
         compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi

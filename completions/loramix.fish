@@ -18,6 +18,8 @@ complete -c loramix -n __fish_use_subcommand -a train-skill -d 'Train one LoRA o
 # data
 complete -c loramix -n '__fish_seen_subcommand_from data' -l limit -s n -r -f -d 'Rows to show or export [default: 5 shown; all exported].'
 complete -c loramix -n '__fish_seen_subcommand_from data' -l dump -r -F -d 'Write the rows to this JSONL file instead of showing them.'
+complete -c loramix -n '__fish_seen_subcommand_from data' -l fraction -r -f -d 'Keep this share of each source: the rows fit-cat --fraction --seed uses.'
+complete -c loramix -n '__fish_seen_subcommand_from data' -l seed -r -f -d 'Seed for the --fraction sample (the same as fit-cat\'s).'
 complete -c loramix -n '__fish_seen_subcommand_from data' -l force -s f -d 'Replace --dump if it exists.'
 complete -c loramix -n '__fish_seen_subcommand_from data' -l json -d 'Print one JSON document instead of a table or JSONL lines.'
 complete -c loramix -n '__fish_seen_subcommand_from data' -l help -s h -d 'Show this message and exit.'
@@ -68,6 +70,7 @@ complete -c loramix -n '__fish_seen_subcommand_from export-gguf' -F
 # fit-cat
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l data -s d -r -f -d 'A skill\'s data: JSONL or builtin:NAME; repeat once per skill.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l out -s o -r -F -d 'Output folder: the merged adapter plus the α table.'
+complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l method -s m -r -a 'arrow cat lorahub moe' -f -d 'cat (α per layer, by gradient), lorahub (one weight per adapter, CMA-ES), moe (a learned token router per module) or arrow (a token router from the adapters alone); moe and arrow write a routed mixture that loramix eval scores.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l fraction -r -f -d 'Share of each --data set used (the paper: 5%).'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l granularity -r -a 'global layer module' -f -d 'One α per adapter per layer, per module, or global.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l param -r -a 'free softmax' -f -d 'free (α itself) or softmax (α = softmax of logits over adapters).'
@@ -79,6 +82,9 @@ complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l batch-size -r -f
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l grad-accum -r -f -d 'Forward passes per optimizer step.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l max-length -r -f -d 'Tokens kept per row.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l val-fraction -r -f -d 'Share of the mixed rows held out; the α with the best validation loss is kept.'
+complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l budget -r -f -d 'lorahub: loss evaluations of the search.'
+complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l top-k -r -f -d 'arrow: experts each token blends [default: all of them].'
+complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l temperature -r -f -d 'arrow: softmax temperature of the routing.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l profile -r -a 'peft portable' -f -d 'peft (ranks per module) or portable (uniform rank, alpha == r, for vLLM and llama.cpp).'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l rank -s r -r -f -d 'Truncate the written adapter to this rank by SVD [default: Σr, exact].'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l base -s b -r -a '(__fish_complete_directories)' -f -d 'Base model [default: the one the adapters record].'

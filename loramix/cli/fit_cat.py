@@ -10,6 +10,7 @@ import typer
 from loramix.cli import options
 from loramix.core.models import DType
 from loramix.core.profiles import Profile
+from loramix.soup.fit import Method
 from loramix.soup.table import Granularity, Param
 
 
@@ -22,6 +23,15 @@ def fit_cat(
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder: the merged adapter plus the α table.", show_default=False
+    ),
+    method: Method = typer.Option(
+        "cat",
+        "--method",
+        "-m",
+        case_sensitive=False,
+        help="cat (α per layer, by gradient), lorahub (one weight per adapter, CMA-ES), moe (a learned "
+        "token router per module) or arrow (a token router from the adapters alone); moe and arrow "
+        "write a routed mixture that loramix eval scores.",
     ),
     fraction: float = typer.Option(0.05, "--fraction", help="Share of each --data set used (the paper: 5%)."),
     granularity: Granularity = typer.Option(
@@ -45,6 +55,11 @@ def fit_cat(
     val_fraction: float = typer.Option(
         0.1, "--val-fraction", help="Share of the mixed rows held out; the α with the best validation loss is kept."
     ),
+    budget: int = typer.Option(40, "--budget", help="lorahub: loss evaluations of the search."),
+    top_k: Optional[int] = typer.Option(
+        None, "--top-k", help="arrow: experts each token blends [default: all of them]."
+    ),
+    temperature: float = typer.Option(1.0, "--temperature", help="arrow: softmax temperature of the routing."),
     profile: Profile = options.profile(),
     rank: Optional[int] = options.rank("Truncate the written adapter to this rank by SVD [default: Σr, exact]."),
     base: Optional[str] = options.base(),
@@ -67,12 +82,14 @@ def fit_cat(
     Example: loramix fit-cat math/ code/ --data builtin:math --data builtin:code -o soup/
     """
     from loramix.cli.render import console, progress, views
-    from loramix.soup.fit import CatConfig, run_fit
+    from loramix.soup.fit import CatConfig
+    from loramix.soup.job import run_fit
 
     config = CatConfig(
         adapters=list(adapters),
         data=list(data),
         out=out,
+        method=method.value,
         base=base,
         fraction=fraction,
         granularity=granularity.value,
@@ -94,6 +111,9 @@ def fit_cat(
         threads=threads,
         seed=seed,
         force=force,
+        budget=budget,
+        top_k=top_k,
+        temperature=temperature,
     )
     report = run_fit(config, lambda total: progress.training_progress("fit-cat", total))
     if json_out:

@@ -24,7 +24,8 @@ def inspect(
     """Show an adapter (base, ranks, alpha, targets, parameters, and a layers × modules heatmap of
     ‖ΔW‖_F), or compare two adapters per layer (cosine similarity of the deltas, TIES sign-conflict
     rate). On a fit-cat result (or its cat_weights.json), show the fit and the α heatmap: layers
-    down, adapters across (adapter × module for --granularity module).
+    down, adapters across (adapter × module for --granularity module); on a routed mixture
+    (fit-cat -m moe or arrow), the fit and each expert's mean routing share per layer.
 
     Example: loramix inspect math/ code/ --svg compare.svg
     """
@@ -37,7 +38,7 @@ def inspect(
         raise InputError(f"inspect takes one or two paths, got {len(paths)}")
     if not 0.0 < density <= 1.0:
         raise InputError(f"--density must be in (0, 1], got {density}")
-    if len(paths) == 1 and _is_cat_result(paths[0]):
+    if len(paths) == 1 and (_is_cat_result(paths[0]) or _is_routed(paths[0])):
         _show(_cat_view(paths[0]), views.inspect_cat_view, paths, svg, json_out)
         return
     adapters = [read_adapter(p, strict=False) for p in paths]  # looking is allowed where merging is not
@@ -58,10 +59,21 @@ def _is_cat_result(path: Path) -> bool:
     return (path / TABLE_NAME).is_file() if path.is_dir() else path.name.endswith(".json")
 
 
+def _is_routed(path: Path) -> bool:
+    from loramix.core import routing
+
+    return routing.is_routed(path)
+
+
 def _cat_view(path: Path):
+    """The fit behind a fit-cat result: its α table, or a routed mixture's routing shares."""
+    from loramix.core import routing
     from loramix.inspect.report import cat_view
     from loramix.soup import table
 
+    if routing.is_routed(path):
+        fitted = routing.read_fit(path)
+        return cat_view(str(path), fitted)
     return cat_view(str(table.table_path(path).parent), table.read(path))
 
 

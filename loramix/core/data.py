@@ -248,6 +248,24 @@ def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> li
     return kept
 
 
+def sample(sources: list[str], fraction: float, seed: int) -> list[tuple[Dataset, list[dict]]]:
+    """`fraction` of each source: a seeded sample of at least one row per source, in file order
+    (the rows fit-cat --fraction --seed learns from, and `loramix data --fraction --seed` writes).
+    One generator runs through the sources in order, so the sample of each depends on those before."""
+    import math
+    import random
+
+    if not 0 < fraction <= 1:
+        raise InputError(f"--fraction {fraction}: must be in (0, 1]")
+    rng, out = random.Random(seed), []
+    for source in sources:
+        dataset = load(source)
+        n = max(1, math.ceil(fraction * len(dataset.rows)))
+        chosen = sorted(rng.sample(range(len(dataset.rows)), n))
+        out.append((dataset, [dataset.rows[i] for i in chosen]))
+    return out
+
+
 def jsonl_lines(rows: list[dict]):
     for row in rows:
         yield json.dumps(row, ensure_ascii=False)
@@ -258,11 +276,12 @@ def input_files(sources: list[str]) -> list[Path]:
     return [Path(s) for s in sources if not s.startswith(BUILTIN)]
 
 
-def dump(dataset: Dataset, path: Path, force: bool = False) -> int:
-    """Write the rows as JSONL to `path` (via a temporary file renamed into place)."""
+def dump(dataset: Dataset, path: Path, force: bool = False, sources: list[str] | None = None) -> int:
+    """Write the rows as JSONL to `path` (via a temporary file renamed into place), never onto
+    one of the `sources` they came from [default: the data set's own]."""
     from loramix.core.outputs import check_file, write_text_atomic
 
-    check_file(path, force, "--dump", input_files([dataset.source]))
+    check_file(path, force, "--dump", input_files(sources or [dataset.source]))
     write_text_atomic(path, "".join(line + "\n" for line in jsonl_lines(dataset.rows)))
     return len(dataset.rows)
 

@@ -74,7 +74,8 @@ def train_skill(c: DemoConfig, data: str, out: Path, progress, max_steps: int | 
 
 
 def fit(c: DemoConfig, progress) -> FitReport:
-    from loramix.soup.fit import CatConfig, run_fit
+    from loramix.soup.fit import CatConfig
+    from loramix.soup.job import run_fit
 
     config = CatConfig(
         adapters=[c.out / s for s in SKILLS],

@@ -224,16 +224,20 @@ def run_programs(c: EvalConfig):
 
 
 def open_base(c: EvalConfig):
-    """The adapters (checked), the base to load and its tokenizer: (adapters, base, path, tokenizer)."""
-    from loramix.core import log, models
+    """The adapters (checked), the base to load and its tokenizer: (adapters, base, path, tokenizer);
+    a routed mixture's entry is the list of its experts."""
+    from loramix.core import log, models, routing
     from loramix.core.adapters import read_adapter
     from loramix.core.compat import check_compatible
 
     models.quiet_libraries()
-    adapters = [read_adapter(p, base=c.base) for p in c.adapters]
-    for warning in check_compatible(adapters, c.base) if adapters else []:
+    adapters = [
+        routing.read_experts(p, c.base) if routing.is_routed(p) else read_adapter(p, base=c.base) for p in c.adapters
+    ]
+    flat = [a for entry in adapters for a in (entry if isinstance(entry, list) else [entry])]
+    for warning in check_compatible(flat, c.base) if flat else []:
         log.warn(warning)
-    base = models.base_of(adapters, c.base)
+    base = models.base_of(flat, c.base)
     path = models.resolve_base(base)
     return adapters, base, path, models.load_tokenizer(path)
 

@@ -1,7 +1,11 @@
 """The `fit-cat` job: freeze k skill LoRAs on their base, learn the CAT weights α from a small mix
 of the skills' data (the shared loop, loramix.train.loop, with α the only trainable tensor), keep
 the α with the best validation loss, and write one merged adapter plus the α table
-(cat_weights.json and cat_weights.safetensors)."""
+(cat_weights.json and cat_weights.safetensors).
+
+The other composition methods on the same data sample (`--method`) start from the same
+preparation: lorahub (soup/hub.py) searches one weight per adapter without gradients, moe and
+arrow (soup/route.py) write a routed mixture instead of an adapter."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +29,25 @@ from loramix.train import loop
 TENSOR_NAME = "cat_weights.safetensors"
 
 
+class Method(str, Enum):
+    """cat: α per layer by gradient (LoRA Soups); lorahub: one weight per adapter by CMA-ES;
+    moe: a learned token router per module; arrow: a data-free token router per module."""
+
+    cat = "cat"
+    lorahub = "lorahub"
+    moe = "moe"
+    arrow = "arrow"
+
+
+METHODS = tuple(m.value for m in Method)
+
+
 @dataclass
 class CatConfig:
     adapters: list[Path]
     data: list[str]
     out: Path
+    method: str = "cat"  # cat | lorahub | moe | arrow
     base: str | None = None  # default: the base the adapters record
     fraction: float = 0.05
     granularity: str = "layer"
@@ -52,6 +71,9 @@ class CatConfig:
     seed: int = 0
     force: bool = False
     eval_every: int = 0  # validate every N steps [0: about four times a run]
+    budget: int = 40  # lorahub: loss evaluations of the search
+    top_k: int | None = None  # arrow: experts each token blends [default: all]
+    temperature: float = 1.0  # arrow: softmax temperature of |W x|
 
 
 @dataclass
@@ -61,7 +83,7 @@ class Fitting:
     config: CatConfig
     run: loop.Run
     adapters: list
-    alpha: layer.CatAlpha
+    alpha: layer.CatAlpha | None  # None for a routed mixture
     labels: list[str]  # the α groups
     group: dict[str, int]  # module -> its group
     base: str  # as the output records it
@@ -69,6 +91,7 @@ class Fitting:
     dtype: str
     val0: float | None = None  # validation loss of the initial α
     best: dict[str, Any] = field(default_factory=dict)  # val_loss, step and raw α of the best validation so far
+    routers: Any = None  # a routed mixture's core.routing.Routers
 
 
 def check_options(c: CatConfig) -> None:
@@ -85,6 +108,16 @@ def check_options(c: CatConfig) -> None:
         )
     if not 0 < c.fraction <= 1:
         raise InputError(f"--fraction {c.fraction}: must be in (0, 1]")
+    if c.method not in METHODS:
+        raise InputError(f"--method {c.method}: unknown", hint=f"choose one of {', '.join(METHODS)}")
+    if c.method != "cat" and c.fsdp:
+        raise InputError(f"--method {c.method} runs on one device; --fsdp is for cat only")
+    if c.budget < 1:
+        raise InputError(f"--budget {c.budget}: must be at least 1")
+    if c.top_k is not None and not 1 <= c.top_k <= len(c.adapters):
+        raise InputError(f"--top-k {c.top_k}: must be from 1 to the number of adapters ({len(c.adapters)})")
+    if not (c.temperature > 0 and math.isfinite(c.temperature)):
+        raise InputError(f"--temperature {c.temperature}: must be a positive number")
     for name, value, allowed in (
         ("--granularity", c.granularity, layer.GRANULARITIES),
         ("--param", c.param, layer.PARAMS),
@@ -118,14 +151,11 @@ def sample_rows(c: CatConfig) -> tuple[list[tuple[str, list[dict]]], list[DataSa
     """`--fraction` of each --data set: a seeded sample of at least one row, per source."""
     from loramix.core import data
 
-    rng, samples, sources = random.Random(c.seed), [], []
-    for source in c.data:
-        dataset = data.load(source)
-        data.warn_held_out(source)
-        n = max(1, math.ceil(c.fraction * len(dataset.rows)))
-        chosen = sorted(rng.sample(range(len(dataset.rows)), n))
-        samples.append((source, [dataset.rows[i] for i in chosen]))
-        sources.append(DataSample(source, len(dataset.rows), n, dataset.digest))
+    samples, sources = [], []
+    for dataset, rows in data.sample(c.data, c.fraction, c.seed):
+        data.warn_held_out(dataset.source)
+        samples.append((dataset.source, rows))
+        sources.append(DataSample(dataset.source, len(dataset.rows), len(rows), dataset.digest))
     return samples, sources
 
 
@@ -140,8 +170,9 @@ def mixed_examples(samples: list[tuple[str, list[dict]]], tokenizer, c: CatConfi
     return examples
 
 
-def prepare(c: CatConfig) -> Fitting:
-    """Check, load the adapters, the data and the base, and wrap the base."""
+def prepare(c: CatConfig, wrap: Callable | None = None) -> Fitting:
+    """Check, load the adapters, the data and the base, and wrap the base: with CAT's layer, or
+    with `wrap(model, adapters)` (which returns what Fitting.routers keeps)."""
     import torch
 
     from loramix.core import log, models
@@ -170,7 +201,13 @@ def prepare(c: CatConfig) -> Fitting:
     model = models.load_model(path, dtype, device, c.load_in_4bit, shardable=c.fsdp)
     check_adapter_shapes(model, adapters)
     torch.manual_seed(c.seed)
-    alpha, labels, group = layer.wrap(model, adapters, c.granularity, c.param, c.init)
+    alpha, routers = None, None
+    labels: list[str] = []
+    group: dict[str, int] = {}
+    if wrap is None:
+        alpha, labels, group = layer.wrap(model, adapters, c.granularity, c.param, c.init)
+    else:
+        routers = wrap(model, adapters)
     if c.fsdp:
         dist.shard_or_refuse(model, device, str(c.base or base))
     model.train()  # 4-bit bases: an eval-mode forward may repack their weights (docs/architecture.md, 4-bit bases)
@@ -185,11 +222,20 @@ def prepare(c: CatConfig) -> Fitting:
     )
     run = loop.Run(settings, model, tokenizer, rows_train, rows_val, device, steps, per_epoch, sharded=c.fsdp)
     return Fitting(
-        c, run, adapters, alpha, labels, group, models.base_record(base), sources, str(dtype).replace("torch.", "")
+        c,
+        run,
+        adapters,
+        alpha,
+        labels,
+        group,
+        models.base_record(base),
+        sources,
+        str(dtype).replace("torch.", ""),
+        routers=routers,
     )
 
 
-def run_fit(c: CatConfig, report_factory: Callable[[int], AbstractContextManager[loop.Report]]) -> FitReport:
+def run_cat(c: CatConfig, report_factory: Callable[[int], AbstractContextManager[loop.Report]]) -> FitReport:
     """prepare -> fit α (keeping the best by validation loss) -> write; returns the α table.
     The first Ctrl-C writes the result with the best α so far and exits 130."""
     with loop.memory_errors():
@@ -200,6 +246,7 @@ def _fit_and_write(c: CatConfig, report_factory) -> FitReport:
     from loramix.core.interrupt import stop_on_interrupt
 
     f = prepare(c)
+    assert f.alpha is not None
     f.val0 = loop.validation_loss(f.run)  # α at its start is a candidate too, and the curve's first point
     f.best = {"val_loss": f.val0, "step": 0, "raw": f.alpha.raw.detach().clone()}
 
@@ -207,6 +254,7 @@ def _fit_and_write(c: CatConfig, report_factory) -> FitReport:
         def update(step, fields):
             val = (fields or {}).get("val_loss")
             if val is not None and (f.best["val_loss"] is None or val < f.best["val_loss"]):
+                assert f.alpha is not None
                 f.best.update(val_loss=val, step=step, raw=f.alpha.raw.detach().clone())
             report(step, fields)
 
@@ -228,7 +276,9 @@ def _fit_and_write(c: CatConfig, report_factory) -> FitReport:
 
 def _chosen(f: Fitting):
     """The trained tensor of the best-validation α, or the current one without a validation set."""
-    return f.best["raw"] if f.best["val_loss"] is not None else f.alpha.raw.detach().clone()
+    if f.best["val_loss"] is not None or f.alpha is None:
+        return f.best["raw"]
+    return f.alpha.raw.detach().clone()
 
 
 def write(f: Fitting, history: loop.History, interrupted: bool = False) -> FitReport:
@@ -282,6 +332,7 @@ def fit_report(f: Fitting, raw, history: loop.History, interrupted: bool) -> Fit
     c, run = f.config, f.run
     start = [{"epoch": 0.0, "step": 0, "loss": round(f.val0, 5)}] if f.val0 is not None else []
     return FitReport(
+        method=c.method,
         version=__version__,
         base=f.base,
         granularity=c.granularity,
@@ -289,8 +340,9 @@ def fit_report(f: Fitting, raw, history: loop.History, interrupted: bool) -> Fit
         init=c.init,
         adapters=[SkillAdapter(a.name, str(Path(a.path).resolve()), a.sha256()) for a in f.adapters],
         groups=f.labels,
-        alpha=layer.group_table(f.adapters, raw, c.param, f.group),
-        chosen_step=f.best["step"] if f.best["val_loss"] is not None else len(history.loss),
+        alpha=layer.group_table(f.adapters, raw, c.param, f.group) if raw is not None else [],
+        # without validation rows CAT writes its last α; the other methods keep their best
+        chosen_step=f.best["step"] if f.best["val_loss"] is not None or c.method != "cat" else len(history.loss),
         best_val_loss=f.best["val_loss"],
         data=f.sources,
         fraction=c.fraction,

@@ -35,6 +35,7 @@ class FitReport:
     groups: list[str]
     alpha: Alpha
     adapters: list[SkillAdapter]
+    method: str = "cat"  # cat | lorahub | moe | arrow (fit-cat --method)
     version: str | None = None
     base: str | None = None
     init: float | None = None
@@ -71,6 +72,7 @@ class FitReport:
         return {
             "loramix": self.version,
             "command": "fit-cat",
+            "method": self.method,
             "base": self.base,
             "granularity": self.granularity,
             "param": self.param,

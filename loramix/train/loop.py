@@ -192,25 +192,27 @@ def batch_loss(run: Run, batch: list):
     return loss, int(b["attention_mask"].sum())
 
 
-def validation_loss(run: Run) -> float | None:
-    """Mean completion-token loss on the held-out rows. The model stays in train mode with only
-    dropout off: an eval-mode forward may repack 4-bit weights (docs/architecture.md, 4-bit bases)."""
+def validation_loss(run: Run, examples: list | None = None) -> float | None:
+    """Mean completion-token loss on the held-out rows (or on `examples`). The model stays in train
+    mode with only dropout off: an eval-mode forward may repack 4-bit weights (docs/architecture.md,
+    4-bit bases)."""
     import torch
 
     from loramix.core.data import IGNORE
 
-    if not run.val:
+    rows = run.val if examples is None else examples
+    if not rows:
         return None
     loss_sum, count = 0.0, 0
     dropouts = [m for m in run.model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
     for m in dropouts:
         m.eval()
     with torch.no_grad():
-        for i in range(0, len(run.val), run.settings.batch_size):
-            batch = dist.share(run.val[i : i + run.settings.batch_size])  # each process, its part
+        for i in range(0, len(rows), run.settings.batch_size):
+            batch = dist.share(rows[i : i + run.settings.batch_size])  # each process, its part
             if not batch:
                 if run.sharded:  # every process runs every sharded forward
-                    batch_loss(run, run.val[i : i + 1])
+                    batch_loss(run, rows[i : i + 1])
                 continue
             loss_sum += batch_loss(run, batch)[0].item()
             count += sum(sum(t != IGNORE for t in labels[1:]) for _, labels in batch)

@@ -161,10 +161,13 @@ def cat_view(r: FitReport, out: str, color: bool) -> list:
             + (f", lr {r.lr}" if r.lr is not None else ""),
         ),
     ]
+    if r.method != "cat":
+        rows[3] = ("method", r.method + (f", lr {r.lr}" if r.lr is not None and r.method == "moe" else ""))
     if r.data:
         rows.insert(3, ("data", ", ".join(f"{d.data} ({d.used} of {d.rows})" for d in r.data)))
     if r.steps is not None:
-        rows.append(("steps", f"{r.steps} of {r.planned_steps}" + (" (interrupted)" if r.interrupted else "")))
+        what = "evaluations" if r.method == "lorahub" else "steps"
+        rows.append((what, f"{r.steps} of {r.planned_steps}" + (" (interrupted)" if r.interrupted else "")))
     if r.best_val_loss is not None:
         rows.append(("validation loss", f"{fmt_num(r.best_val_loss, 4)} (α of step {r.chosen_step})"))
     if r.rank is not None:
@@ -176,6 +179,9 @@ def cat_view(r: FitReport, out: str, color: bool) -> list:
         rows.append(("time", f"{fmt_seconds(r.seconds)}, {r.tokens or 0:,} tokens"))
     g = cat_heatmap(r)
     title = {"layer": "α per layer", "module": "α per layer and module", "global": "α"}[r.granularity]
+    if r.method in ("moe", "arrow"):
+        title = "mean routing share per layer (validation tokens)"
+        rows[0] = ("mixture", out)
     return [key_value_table("fitted", rows), "", heatmap(title, g.rows, short(g.cols), g.values, color=color)]
 
 
