@@ -10,12 +10,16 @@ Usage (from the repository root, in the project's virtualenv):
     python bench/compose.py --study k                # 2, 3, 4 skills: math, code, units, words (OQ 1)
     python bench/compose.py --study rank             # skill LoRAs of rank 8, 16, 32, 64 (OQ 2)
 
-Main: for each seed, the demo's pipeline (math and code LoRAs; a data-mix LoRA with as many steps as
-one skill LoRA; CAT with α per layer from 0.5, lr 0.1, on 5% of each skill; linear, cat 0.5/0.5 and
-1/1, ties, dare_ties) scored on `--eval` items of math-code (programs run in the sandbox) and of each
-skill's own eval split; mean and min–max over seeds. Studies reuse the main run's seed-0 adapters
-where they can and score CAT variants the same way. Results go to bench/results/compose.md and
-compose.json (each run adds its study to the JSON and rewrites the markdown from it).
+Main: for each seed, the demo's pipeline (math and code LoRAs; data-mix LoRAs on all the rows and on
+CAT's 5% sample, each with as many steps as one skill LoRA; CAT with fit-cat's defaults; tuned-cat;
+linear, cat 1/1, ties, dare_ties), then the other fit-cat methods on the same adapters and sample
+(CAT with the paper's α per layer, moe, lorahub, arrow), all scored on `--eval` items of math-code
+(programs run in the sandbox) and of each skill's own eval split; mean and min–max over seeds.
+Studies reuse the main run's seed-0 adapters where they can and score fit-cat variants the same
+way. Results go to bench/results/compose.md and compose.json (each run adds its study to the JSON
+and rewrites the markdown from it).
+
+    python bench/compose.py --study recipe --seeds 3  # fit-cat recipes on a seed the main table does not use
 """
 
 from __future__ import annotations
@@ -46,6 +50,15 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+# the other fit-cat methods the main table adds to the demo's models: name -> options
+EXTRA = {
+    "CAT, α per layer (paper)": {"granularity": "layer"},
+    "moe (routed)": {"method": "moe"},
+    "lorahub": {"method": "lorahub"},
+    "arrow (routed)": {"method": "arrow"},
+}
+
+
 def main_study(args) -> dict:
     from loramix.demo.plan import DemoConfig
     from loramix.demo.run import run_demo
@@ -54,12 +67,19 @@ def main_study(args) -> dict:
     for seed in args.seeds:
         config = DemoConfig(out=args.work / f"seed{seed}", seed=seed, force=True, rows=args.rows, eval_items=args.eval)
         doc = run_demo(config, quiet, quiet)
+        own = {skill: next(r[skill] for r in doc["rows"] if r["model"] == skill) for skill in ("math", "code")}
+        for name, options in EXTRA.items():
+            v = fit_variant(args, name, config.out, ["math", "code"], seed=seed, **options)
+            row = {"model": name, "folder": v["folder"], **{t: v["scores"][t] for t in TASKS}}
+            row["retention"] = {s: (row[s] / own[s] if own[s] else None) for s in own}
+            doc["rows"].append(row)
         runs.append(
             {
                 "seed": seed,
                 "rows": doc["rows"],
                 "super_linear": doc["super_linear"],
                 "cat_gain": doc["cat_gain"],
+                "tuned_gain": doc["tuned_gain"],
                 "single_gains": doc["single_gains"],
                 "seconds": doc["total_seconds"],
             }
@@ -82,10 +102,68 @@ def summarise(per_seed: list[list[dict]]) -> list[dict]:
     return out
 
 
+def winner_line(summary: list[dict]) -> str:
+    """Which model is best on math-code (mean over seeds), and whether its range over seeds clears
+    the full data mix's."""
+    best = max(summary, key=lambda r: r["math-code"]["mean"])
+    mix = next(r for r in summary if r["model"] == "data mix")
+    clear = best["math-code"]["min"] > mix["math-code"]["max"]
+    if best["model"] == "data mix":
+        return f"Best on math-code: the data mix on all the rows ({pct(best['math-code'])})."
+    return (
+        f"Best on math-code: {best['model']} ({pct(best['math-code'])}), against the data mix on all the rows "
+        f"{pct(mix['math-code'])}: its range over seeds {'does not overlap' if clear else 'overlaps'} the mix's."
+    )
+
+
 def spread(values: list[float]) -> dict:
     return (
         {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "n": len(values)} if values else {}
     )
+
+
+def fit_variant(args, name: str, folder: Path, skills: list[str], seed: int = 0, **options) -> dict:
+    """Fit one fit-cat variant on the skill LoRAs in `folder` and score it on math-code and on
+    each skill's own split."""
+    from loramix.evaluate.job import EvalConfig, run_eval
+    from loramix.soup import fit, job
+
+    out = folder / "extra" / name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
+    config = fit.CatConfig(
+        adapters=[folder / s for s in skills],
+        data=[f"builtin:{s}" for s in skills],
+        out=out,
+        force=True,
+        seed=seed,
+        **({"fraction": 0.05} | options),
+    )
+    began = time.perf_counter()
+    fitted = job.run_fit(config, quiet)
+    seconds = round(time.perf_counter() - began, 1)
+    scores = {}
+    for task, metric in (("math-code", "program"), *[(s, "exact") for s in skills]):
+        doc = run_eval(
+            EvalConfig(
+                data=f"builtin:{task}",
+                adapters=[out],
+                with_base=False,
+                metric=metric,
+                limit=args.eval,
+                max_new_tokens=24,
+                batch_size=64,
+            ),
+            quiet,
+        )
+        scores[task] = doc.models[0].score
+    say(f"{name} (seed {seed}): {scores}")
+    return {
+        "variant": name,
+        "folder": str(out),
+        "options": dict(options),
+        "scores": scores,
+        "steps": fitted.steps,
+        "seconds": seconds,
+    }
 
 
 def cat_variant(args, name: str, adapters: list[Path], data: list[str], **options) -> dict:
@@ -149,7 +227,12 @@ def fraction_study(args) -> list[dict]:
     return [cat_variant(args, f"fraction-{f}", adapters, data, fraction=f) for f in (0.01, 0.025, 0.05, 0.1, 0.2)]
 
 
-def k_study(args) -> list[dict]:
+K_METHODS = {"CAT": {}, "tuned CAT": {"method": "tuned-cat"}, "moe (routed)": {"method": "moe"}}
+
+
+def k_study(args) -> dict:
+    """k = 2, 3, 4 skills (math, code, units, words) composed by CAT, tuned-cat and moe on seed 0:
+    math-code and each skill's retention (its own split's accuracy as a share of its LoRA's)."""
     from loramix.demo.plan import DemoConfig
     from loramix.demo.run import train_skill
 
@@ -159,10 +242,74 @@ def k_study(args) -> list[dict]:
         if not (base / skill).is_dir():
             rows = 8000 if skill == "words" else args.rows  # words needs twice the rows (bench/results/skills.md)
             train_skill(DemoConfig(out=base, rows=rows), f"builtin:{skill}", base / skill, quiet)
-    return [
-        cat_variant(args, f"k-{k}", [base / s for s in skills[:k]], [f"builtin:{s}" for s in skills[:k]])
-        for k in (2, 3, 4)
-    ]
+    own = {s: score_one(args, base / s, s, "exact") for s in skills}
+    variants = []
+    for k in (2, 3, 4):
+        for name, options in K_METHODS.items():
+            v = fit_variant(args, f"k{k} {name}", base, skills[:k], seed=0, **options)
+            v.update(k=k, method=name, retention={s: v["scores"][s] / own[s] for s in skills[:k] if own[s]})
+            variants.append(v)
+    return {"own": own, "variants": variants}
+
+
+def score_one(args, folder: Path, task: str, metric: str) -> float:
+    from loramix.evaluate.job import EvalConfig, run_eval
+
+    config = EvalConfig(
+        data=f"builtin:{task}",
+        adapters=[folder],
+        with_base=False,
+        metric=metric,
+        limit=args.eval,
+        max_new_tokens=24,
+        batch_size=64,
+    )
+    return run_eval(config, quiet).models[0].score
+
+
+RECIPES = {
+    "CAT α per layer, init 0.5 (the earlier default)": {"granularity": "layer"},
+    "CAT α per layer, init 1": {"granularity": "layer", "init": 1.0},
+    "CAT α per layer, softmax": {"granularity": "layer", "param": "softmax"},
+    "CAT α per layer, 10 epochs": {"granularity": "layer", "epochs": 10},
+    "CAT α per module (default)": {},
+    "tuned-cat, 3 tuning epochs": {"method": "tuned-cat", "tune_epochs": 3},
+    "tuned-cat, 10 tuning epochs (default)": {"method": "tuned-cat"},
+    "tuned-cat, 20 tuning epochs": {"method": "tuned-cat", "tune_epochs": 20},
+    "moe lr 1e-2, 1 epoch": {"method": "moe", "lr": 1e-2, "epochs": 1},
+    "moe lr 1e-3, 1 epoch": {"method": "moe", "epochs": 1},
+    "moe lr 1e-3, 5 epochs (default)": {"method": "moe"},
+    "lorahub, 40 evaluations": {"method": "lorahub"},
+    "arrow": {"method": "arrow"},
+}
+
+
+def recipe_study(args) -> dict:
+    """fit-cat's recipes on the math and code LoRAs of a seed the main table does not use (3 by
+    default), and the equal-data mix trained for 1 and for 10 epochs on the same sample."""
+    from loramix.core import data
+    from loramix.train.skill import TrainConfig, run_training
+
+    seed = args.seeds[0]
+    folder = args.work / f"recipe-seed{seed}"
+    for skill in ("math", "code"):
+        if not (folder / skill).is_dir():
+            run_training(TrainConfig(data=f"builtin:{skill}", out=folder / skill, limit=args.rows, seed=seed), quiet)
+    variants = [fit_variant(args, name, folder, ["math", "code"], seed=seed, **o) for name, o in RECIPES.items()]
+    sample = folder / "sample.jsonl"
+    rows = [r for _, part in data.sample(["builtin:math", "builtin:code"], 0.05, seed) for r in part]
+    data.dump(data.Dataset("sample", rows), sample, force=True)
+    for epochs in (1, 10):
+        out = folder / f"mix-sample-{epochs}"
+        began = time.perf_counter()
+        log = run_training(TrainConfig(data=str(sample), out=out, seed=seed, epochs=epochs, force=True), quiet)
+        scores = {t: score_one(args, out, t, "program" if t == "math-code" else "exact") for t in TASKS}
+        name = f"data mix on the 5% sample, {epochs} epoch{'s' if epochs > 1 else ''}"
+        say(f"{name}: {scores}")
+        variants.append(
+            {"variant": name, "scores": scores, "steps": log.steps, "seconds": round(time.perf_counter() - began, 1)}
+        )
+    return {"seed": seed, "variants": variants}
 
 
 def rank_study(args) -> list[dict]:
@@ -187,6 +334,7 @@ def rank_study(args) -> list[dict]:
 
 STUDIES = {
     "main": main_study,
+    "recipe": recipe_study,
     "granularity": granularity_study,
     "fraction": fraction_study,
     "k": k_study,
@@ -225,6 +373,7 @@ def markdown(doc: dict) -> str:
                 f"{pct(r['kept math'])} | {pct(r['kept code'])} |"
             )
         sl = [r["super_linear"] for r in main["runs"]]
+        lines += ["", winner_line(main["summary"])]
         lines += [
             "",
             f"CAT super-linear on math-code (gain over the base above the single skills' gains together): "
@@ -233,9 +382,48 @@ def markdown(doc: dict) -> str:
             + " points.",
             "",
         ]
+    recipe = doc.get("recipe")
+    if recipe:
+        m = recipe["meta"]
+        lines += [
+            "## Study: recipe",
+            "",
+            f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}); fit-cat's recipes on the math and "
+            f"code LoRAs of seed {recipe['seed']} (not a seed of the main table), {m['eval']} eval items per task, "
+            "accuracy in %. The defaults were chosen from this table.",
+            "",
+            "| variant | steps | math-code | math | code |",
+            "|---|---|---|---|---|",
+        ]
+        for v in recipe["variants"]:
+            sc = v["scores"]
+            lines.append(f"| {v['variant']} | {v['steps']} | " + " | ".join(pct(sc.get(t)) for t in TASKS) + " |")
+        lines.append("")
+    k = doc.get("k")
+    if k and "own" in k:
+        m = k["meta"]
+        own = ", ".join(f"{s} {pct(v)}" for s, v in k["own"].items())
+        lines += [
+            "## Study: k skills",
+            "",
+            f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}); the seed-0 LoRAs of math, code, units "
+            f"and words, the first k composed, {m['eval']} eval items per task; kept: the skill's own-split accuracy "
+            f"as a share of its LoRA's ({own}).",
+            "",
+            "| k | method | math-code | kept math | kept code | kept units | kept words |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for v in k["variants"]:
+            kept = v["retention"]
+            lines.append(
+                f"| {v['k']} | {v['method']} | {pct(v['scores']['math-code'])} | "
+                + " | ".join(pct(kept.get(s)) for s in ("math", "code", "units", "words"))
+                + " |"
+            )
+        lines.append("")
     for name in ("granularity", "fraction", "k", "rank"):
         study = doc.get(name)
-        if not study:
+        if not study or (name == "k" and "own" in study):
             continue
         m = study["meta"]
         lines += [
@@ -302,7 +490,7 @@ def main(argv=None) -> None:
     path = args.results / "compose.json"
     doc = json.loads(path.read_text()) if path.exists() else {}
     doc["machine"] = machine()
-    entry = result if args.study == "main" else {"variants": result}
+    entry = result if isinstance(result, dict) else {"variants": result}
     doc[args.study] = {**entry, "meta": meta(args, time.perf_counter() - began)}
     args.results.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")

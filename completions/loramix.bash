@@ -77,7 +77,7 @@ _loramix_cmd_fit_cat() {
     case "$prev" in
         --data|-d) return ;;
         --out|-o) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
-        --method|-m) _loramix_reply -W 'arrow cat lorahub moe'; return ;;
+        --method|-m) _loramix_reply -W 'arrow cat lorahub moe tuned-cat'; return ;;
         --fraction) return ;;
         --granularity) _loramix_reply -W 'global layer module'; return ;;
         --param) _loramix_reply -W 'free softmax'; return ;;
@@ -89,6 +89,8 @@ _loramix_cmd_fit_cat() {
         --grad-accum) return ;;
         --max-length) return ;;
         --val-fraction) return ;;
+        --tune-epochs) return ;;
+        --tune-lr) return ;;
         --budget) return ;;
         --top-k) return ;;
         --temperature) return ;;
@@ -101,7 +103,7 @@ _loramix_cmd_fit_cat() {
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--data -d --out -o --method -m --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --budget --top-k --temperature --profile --rank -r --base -b --load-in-4bit --fsdp --dtype --device --threads --seed --force -f --json --help -h'
+        _loramix_reply -W '--data -d --out -o --method -m --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --tune-epochs --tune-lr --budget --top-k --temperature --profile --rank -r --base -b --load-in-4bit --fsdp --dtype --device --threads --seed --force -f --json --help -h'
     else
         compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi

@@ -29,13 +29,17 @@ def fit_cat(
         "--method",
         "-m",
         case_sensitive=False,
-        help="cat (α per layer, by gradient), lorahub (one weight per adapter, CMA-ES), moe (a learned "
-        "token router per module) or arrow (a token router from the adapters alone); moe and arrow "
-        "write a routed mixture that loramix eval scores.",
+        help="cat (α per module, by gradient), tuned-cat (cat, then the merged adapter trained on the same "
+        "rows), lorahub (one weight per adapter, CMA-ES), moe (a learned token router per module) or arrow "
+        "(a token router from the adapters alone); moe and arrow write a routed mixture that loramix eval "
+        "scores.",
     ),
     fraction: float = typer.Option(0.05, "--fraction", help="Share of each --data set used (the paper: 5%)."),
     granularity: Granularity = typer.Option(
-        "layer", "--granularity", case_sensitive=False, help="One α per adapter per layer, per module, or global."
+        "module",
+        "--granularity",
+        case_sensitive=False,
+        help="One α per adapter per module (best in bench/compose.py), per layer (the paper's), or global.",
     ),
     param: Param = typer.Option(
         "free",
@@ -43,9 +47,15 @@ def fit_cat(
         case_sensitive=False,
         help="free (α itself) or softmax (α = softmax of logits over adapters).",
     ),
-    init: float = typer.Option(1.0, "--init", help="Initial α for --param free."),
-    lr: float = typer.Option(0.1, "--lr", help="Peak learning rate for α."),
-    epochs: int = typer.Option(1, "--epochs", help="Passes over the mixed rows."),
+    init: Optional[float] = typer.Option(
+        None, "--init", help="Initial α for --param free [default: 1/k, the skills' average]."
+    ),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="Peak learning rate [default: 0.1 for cat's α, 1e-3 for moe's routers]."
+    ),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", help="Passes over the mixed rows [default: 1 for cat, 5 for moe]."
+    ),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Stop after this many optimizer steps (overrides --epochs)."
     ),
@@ -54,6 +64,12 @@ def fit_cat(
     max_length: int = typer.Option(256, "--max-length", help="Tokens kept per row."),
     val_fraction: float = typer.Option(
         0.1, "--val-fraction", help="Share of the mixed rows held out; the α with the best validation loss is kept."
+    ),
+    tune_epochs: int = typer.Option(
+        10, "--tune-epochs", help="tuned-cat: passes over the sample training the merged adapter's A and B."
+    ),
+    tune_lr: Optional[float] = typer.Option(
+        None, "--tune-lr", help="tuned-cat: learning rate of that training [default: train-skill's for the base]."
     ),
     budget: int = typer.Option(40, "--budget", help="lorahub: loss evaluations of the search."),
     top_k: Optional[int] = typer.Option(
@@ -112,6 +128,8 @@ def fit_cat(
         seed=seed,
         force=force,
         budget=budget,
+        tune_epochs=tune_epochs,
+        tune_lr=tune_lr,
         top_k=top_k,
         temperature=temperature,
     )

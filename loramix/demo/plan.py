@@ -1,11 +1,12 @@
 """`loramix demo`: LoRA Soups' experiment at small scale, on loramix-tiny and the built-in skills.
 
-Two skill LoRAs (math, code) and a data-mix LoRA (one LoRA on both skills' rows, with as many steps
-as one skill LoRA) are trained; CAT is fitted on 5% of each skill's data; the data-free merges are
-made; and every model is scored on the held-out composite task (math-code: a word problem to a
-program, scored by running it) and on each skill's own eval split. Each step is the ordinary
-command's job function, so --out holds ordinary adapters and JSON, and the equivalent shell
-commands are printed at the end.
+Two skill LoRAs (math, code) and two data-mix LoRAs (one LoRA on both skills' rows: all of them, and
+only the 5% sample CAT sees; each with as many steps as one skill LoRA) are trained; CAT (α per
+module) and tuned-cat (CAT, then its merged adapter trained on the same 5% sample) are fitted; the
+data-free merges are made; and every model is scored on the held-out composite task (math-code: a
+word problem to a program, scored by running it) and on each skill's own eval split. Each step is
+the ordinary command's job function, so --out holds ordinary adapters and JSON, and the equivalent
+shell commands are printed at the end.
 """
 
 from __future__ import annotations
@@ -21,14 +22,19 @@ METRICS = {COMPOSITE: "program", "math": "exact", "code": "exact"}
 # table name: (folder, merge method, weights)
 MERGES = {
     "linear .5/.5": ("linear", "linear", "0.5,0.5"),
-    "cat .5/.5": ("cat-half", "cat", "0.5,0.5"),
     "cat 1/1": ("cat-one", "cat", "1,1"),
     "ties": ("ties", "ties", "1,1"),
     "dare_ties": ("dare-ties", "dare_ties", "1,1"),
 }
-# CAT's settings: α per layer from 0.5 (the average of two skills), lr 0.1 (bench/results/compose.md)
-CAT_OPTIONS: dict[str, Any] = {"fraction": 0.05, "init": 0.5, "lr": 0.1}
-BUDGETS = {"full": {"rows": 3000, "eval": 200}, "quick": {"rows": 400, "eval": 40}}
+# CAT's settings: fit-cat's defaults (α per module from 1/k, lr 0.1; bench/results/compose.md) on 5%
+FRACTION = 0.05
+CAT_OPTIONS: dict[str, Any] = {"fraction": FRACTION}
+# fits besides the merges: table name -> (folder, fit-cat --method)
+FITS = {"CAT": ("cat", "cat"), "tuned CAT": ("tuned-cat", "tuned-cat")}
+BUDGETS = {
+    "full": {"rows": 3000, "eval": 200, "tune_epochs": 10},
+    "quick": {"rows": 400, "eval": 40, "tune_epochs": 2},
+}
 
 
 @dataclass
@@ -51,7 +57,8 @@ class DemoConfig:
 def models_in_order() -> list[tuple[str, str | None]]:
     """(name in the table, folder under --out; None for the base)."""
     rows: list[tuple[str, str | None]] = [("base", None)]
-    rows += [(s, s) for s in SKILLS] + [("data mix", "mix"), ("CAT", "cat")]
+    rows += [(s, s) for s in SKILLS] + [("data mix", "mix"), ("data mix, CAT's 5%", "mix-sample")]
+    rows += [(name, folder) for name, (folder, _) in FITS.items()]
     return rows + [(name, folder) for name, (folder, _, _) in MERGES.items()]
 
 
@@ -61,8 +68,16 @@ def commands(c: DemoConfig, mix_steps: int) -> list[str]:
     lines = [f"loramix train-skill builtin:{s} --limit {rows} --seed {seed} -o {o}/{s}" for s in SKILLS]
     lines.append(f"cat {o}/data/math.jsonl {o}/data/code.jsonl > {o}/data/mix.jsonl   # both skills' rows")
     lines.append(f"loramix train-skill {o}/data/mix.jsonl --max-steps {mix_steps} --seed {seed} -o {o}/mix")
+    skills = " ".join(f"builtin:{s}" for s in SKILLS)
+    lines.append(f"loramix data {skills} --fraction {FRACTION} --seed {seed} --dump {o}/data/sample.jsonl")
+    lines.append(
+        f"loramix train-skill {o}/data/sample.jsonl --max-steps {mix_steps} --seed {seed} -o {o}/mix-sample"
+        "   # CAT's rows"
+    )
     cat = " ".join(f"--{k} {v}" for k, v in CAT_OPTIONS.items())
-    lines.append(f"loramix fit-cat {o}/math {o}/code -d builtin:math -d builtin:code {cat} --seed {seed} -o {o}/cat")
+    fit = f"loramix fit-cat {o}/math {o}/code -d builtin:math -d builtin:code {cat} --seed {seed}"
+    lines.append(f"{fit} -o {o}/cat")
+    lines.append(f"{fit} -m tuned-cat --tune-epochs {c.budget['tune_epochs']} -o {o}/tuned-cat")
     for folder, method, weights in MERGES.values():
         lines.append(f"loramix merge {o}/math {o}/code -m {method} -w {weights} --seed {seed} -o {o}/{folder}")
     adapters = " ".join(f"-a {o}/{folder}" for _, folder in models_in_order() if folder)
@@ -90,10 +105,23 @@ def table(evals: dict[str, dict]) -> dict:
         "rows": rows,
         "composite": COMPOSITE,
         "cat_gain": gain["cat"],
+        "tuned_gain": gain["tuned-cat"],
         "single_gains": {s: gain[s] for s in SKILLS},
         "super_linear": gain["cat"] > 0 and gain["cat"] > singles,
         "best_composite": best["model"],
+        "best_score": best[COMPOSITE],
     }
+
+
+def write_sample(c: DemoConfig) -> Path:
+    """The rows fit-cat samples (the same call), for the equal-data mix."""
+    from loramix.core import data
+
+    folder = c.out / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [row for _, part in data.sample([f"builtin:{s}" for s in SKILLS], FRACTION, c.seed) for row in part]
+    data.dump(data.Dataset("sample", rows), folder / "sample.jsonl", force=True)
+    return folder / "sample.jsonl"
 
 
 def write_mix(c: DemoConfig) -> Path:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from loramix.core import log
 from loramix.demo import plan
-from loramix.demo.plan import CAT_OPTIONS, MERGES, METRICS, SKILLS, DemoConfig
+from loramix.demo.plan import CAT_OPTIONS, FITS, MERGES, METRICS, SKILLS, DemoConfig
 
 if TYPE_CHECKING:
     from loramix.merge.report import MergeReport
@@ -42,7 +42,17 @@ def run_demo(c: DemoConfig, train_progress, item_progress) -> dict:
         train_progress,
         mix_steps,
     )
-    step("fit CAT (α per layer, 5% of each skill's data)", fit, c, train_progress)
+    step(
+        "train the data-mix LoRA on CAT's 5% sample",
+        train_skill,
+        c,
+        str(plan.write_sample(c)),
+        c.out / "mix-sample",
+        train_progress,
+        mix_steps,
+    )
+    for name, (folder, method) in FITS.items():
+        step(f"fit {name} (fit-cat -m {method}, 5% of each skill's data)", fit, c, folder, method, train_progress)
     for name, (folder, method, weights) in MERGES.items():
         step(f"merge {name}", merge, c, folder, method, weights)
     evals = {
@@ -73,19 +83,21 @@ def train_skill(c: DemoConfig, data: str, out: Path, progress, max_steps: int | 
     return run_training(config, lambda total: progress(out.name, total))
 
 
-def fit(c: DemoConfig, progress) -> FitReport:
+def fit(c: DemoConfig, folder: str, method: str, progress) -> FitReport:
     from loramix.soup.fit import CatConfig
     from loramix.soup.job import run_fit
 
     config = CatConfig(
         adapters=[c.out / s for s in SKILLS],
         data=[f"builtin:{s}" for s in SKILLS],
-        out=c.out / "cat",
+        out=c.out / folder,
+        method=method,
         seed=c.seed,
         threads=c.threads,
+        tune_epochs=c.budget["tune_epochs"],
         **CAT_OPTIONS,
     )
-    return run_fit(config, lambda total: progress("fit-cat", total))
+    return run_fit(config, lambda total: progress(folder, total))
 
 
 def merge(c: DemoConfig, folder: str, method: str, weights: str) -> MergeReport:

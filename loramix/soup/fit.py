@@ -9,6 +9,7 @@ arrow (soup/route.py) write a routed mixture instead of an adapter."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -30,16 +31,33 @@ TENSOR_NAME = "cat_weights.safetensors"
 
 
 class Method(str, Enum):
-    """cat: α per layer by gradient (LoRA Soups); lorahub: one weight per adapter by CMA-ES;
-    moe: a learned token router per module; arrow: a data-free token router per module."""
+    """cat: α per module by gradient (LoRA Soups); tuned-cat: cat, then the merged adapter's A and B
+    trained on the same sample; lorahub: one weight per adapter by CMA-ES; moe: a learned token
+    router per module; arrow: a data-free token router per module."""
 
     cat = "cat"
+    tuned_cat = "tuned-cat"
     lorahub = "lorahub"
     moe = "moe"
     arrow = "arrow"
 
 
 METHODS = tuple(m.value for m in Method)
+# α is a few numbers trained for a few dozen steps (1e-2 barely moves it); a router is a matrix
+DEFAULT_LR = {"cat": 0.1, "tuned-cat": 0.1, "moe": 1e-3}  # lorahub and arrow use no gradient
+# more passes over the sample overfit CAT's α (compose.md) and help the routers
+DEFAULT_EPOCHS = {"cat": 1, "tuned-cat": 1, "lorahub": 1, "moe": 5, "arrow": 1}
+TUNE_EPOCHS = 10  # tuned-cat: passes over the sample when training A and B (compose.md, recipe study)
+
+
+def with_defaults(c: CatConfig) -> CatConfig:
+    """c with the method's defaults where it leaves init, lr or epochs unset."""
+    return dataclasses.replace(
+        c,
+        init=1.0 / max(1, len(c.adapters)) if c.init is None else c.init,
+        lr=DEFAULT_LR.get(c.method) if c.lr is None else c.lr,
+        epochs=DEFAULT_EPOCHS.get(c.method, 1) if c.epochs is None else c.epochs,
+    )
 
 
 @dataclass
@@ -50,11 +68,11 @@ class CatConfig:
     method: str = "cat"  # cat | lorahub | moe | arrow
     base: str | None = None  # default: the base the adapters record
     fraction: float = 0.05
-    granularity: str = "layer"
+    granularity: str = "module"  # bench/results/compose.md, recipe study: module beat layer on held-out seeds
     param: str = "free"
-    init: float = 1.0
-    lr: float = 0.1  # α is a few numbers trained for a few dozen steps (bench: 1e-2 barely moves it)
-    epochs: int = 1
+    init: float | None = None  # α's start [default: 1/k, the average of the skills]
+    lr: float | None = None  # [default: DEFAULT_LR of the method]
+    epochs: int | None = None  # [default: DEFAULT_EPOCHS of the method]
     max_steps: int | None = None
     batch_size: int = 16
     grad_accum: int = 1
@@ -72,6 +90,8 @@ class CatConfig:
     force: bool = False
     eval_every: int = 0  # validate every N steps [0: about four times a run]
     budget: int = 40  # lorahub: loss evaluations of the search
+    tune_epochs: int = TUNE_EPOCHS  # tuned-cat: passes over the sample training A and B
+    tune_lr: float | None = None  # tuned-cat: [default: train-skill's learning rate for the base]
     top_k: int | None = None  # arrow: experts each token blends [default: all]
     temperature: float = 1.0  # arrow: softmax temperature of |W x|
 
@@ -112,6 +132,9 @@ def check_options(c: CatConfig) -> None:
         raise InputError(f"--method {c.method}: unknown", hint=f"choose one of {', '.join(METHODS)}")
     if c.method != "cat" and c.fsdp:
         raise InputError(f"--method {c.method} runs on one device; --fsdp is for cat only")
+    if c.tune_epochs < 1:
+        raise InputError(f"--tune-epochs {c.tune_epochs}: must be at least 1")
+    loop.check_positive("--tune-lr", c.tune_lr)
     if c.budget < 1:
         raise InputError(f"--budget {c.budget}: must be at least 1")
     if c.top_k is not None and not 1 <= c.top_k <= len(c.adapters):
@@ -125,6 +148,8 @@ def check_options(c: CatConfig) -> None:
     ):
         if value not in allowed:
             raise InputError(f"{name} {value}: unknown", hint=f"choose one of {', '.join(allowed)}")
+    c = with_defaults(c)
+    assert c.init is not None and c.epochs is not None
     if not math.isfinite(c.init):
         raise InputError(f"--init {c.init}: must be a finite number")
     if c.rank is not None and c.rank < 1:
@@ -177,6 +202,9 @@ def prepare(c: CatConfig, wrap: Callable | None = None) -> Fitting:
 
     from loramix.core import log, models
     from loramix.core.adapters import read_adapter
+
+    c = with_defaults(c)
+    assert c.init is not None and c.epochs is not None
     from loramix.core.compat import check_compatible
     from loramix.core.outputs import check_out, refuse_inputs
     from loramix.core.targets import check_adapter_shapes
@@ -213,7 +241,7 @@ def prepare(c: CatConfig, wrap: Callable | None = None) -> Fitting:
     model.train()  # 4-bit bases: an eval-mode forward may repack their weights (docs/architecture.md, 4-bit bases)
     steps, per_epoch = loop.plan_steps(len(rows_train), c.batch_size, c.grad_accum, c.epochs, c.max_steps)
     settings = loop.LoopSettings(
-        lr=c.lr,
+        lr=c.lr or 0.0,  # lorahub and arrow never step an optimizer
         batch_size=c.batch_size,
         grad_accum=c.grad_accum,
         warmup=c.warmup,
@@ -271,7 +299,41 @@ def _fit_and_write(c: CatConfig, report_factory) -> FitReport:
     with stop_on_interrupt() as stop:
         with report_factory(f.run.steps) as report:
             history = loop.fit(f.run, keep_best(report), stop, on_stop)
+        if c.method == "tuned-cat":
+            return tune(f, history, report_factory, stop)
         return write(f, history)
+
+
+def tune(f: Fitting, history: loop.History, report_factory, stop) -> FitReport:
+    """tuned-cat's second stage: the best α folded into B, then A and B trained on the same rows
+    (--tune-epochs at --tune-lr); the result is written from the trained factors."""
+    import torch
+
+    from loramix.core import models
+    from loramix.train.skill import BUNDLED_LR, OTHER_LR
+
+    c = f.config
+    assert f.alpha is not None
+    with torch.no_grad():
+        f.alpha.raw.copy_(_chosen(f))
+    layer.unfreeze(f.run.model)
+    lr = c.tune_lr if c.tune_lr is not None else BUNDLED_LR if f.base == models.BUNDLED else OTHER_LR
+    steps, per_epoch = loop.plan_steps(len(f.run.train), c.batch_size, c.grad_accum, c.tune_epochs, None)
+    run = dataclasses.replace(
+        f.run, settings=dataclasses.replace(f.run.settings, lr=lr), steps=steps, steps_per_epoch=per_epoch
+    )
+    tuned = loop.History()
+
+    def on_stop(done: loop.History):
+        write(f, history, interrupted=True, tuned=(done, lr))
+        raise LoramixError(
+            f"interrupted after tuning step {len(done.loss)} of {steps}; wrote {c.out} with the factors so far",
+            exit_code=EXIT_INTERRUPTED,
+        )
+
+    with report_factory(steps) as report:
+        tuned = loop.fit(run, report, stop, on_stop)
+    return write(f, history, tuned=(tuned, lr))
 
 
 def _chosen(f: Fitting):
@@ -281,8 +343,9 @@ def _chosen(f: Fitting):
     return f.alpha.raw.detach().clone()
 
 
-def write(f: Fitting, history: loop.History, interrupted: bool = False) -> FitReport:
-    """The merged adapter, cat_weights.json and cat_weights.safetensors, written atomically."""
+def write(f: Fitting, history: loop.History, interrupted: bool = False, tuned=None) -> FitReport:
+    """The merged adapter, cat_weights.json and cat_weights.safetensors, written atomically; with
+    `tuned` ((history, lr) of tuned-cat's second stage) the adapter holds the trained factors."""
     import torch
     from safetensors.torch import save_file
 
@@ -290,7 +353,10 @@ def write(f: Fitting, history: loop.History, interrupted: bool = False) -> FitRe
     from loramix.core.profiles import layout, write_adapter
 
     c, raw = f.config, _chosen(f)
-    factors = layer.folded_factors(f.adapters, raw, c.param, f.group)
+    if tuned is None:
+        factors = layer.folded_factors(f.adapters, raw, c.param, f.group)
+    else:
+        factors = layer.live_factors(f.run.model)
     factors, errors = truncate(factors, c.rank)
     dtypes = {a.dtype for a in f.adapters}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
@@ -298,6 +364,16 @@ def write(f: Fitting, history: loop.History, interrupted: bool = False) -> FitRe
     ranks = [A.shape[0] for A, _ in factors.values()]
     report = fit_report(f, raw, history, interrupted)
     report.rank, report.svd_error = {"min": min(ranks), "max": max(ranks)}, _span(errors)
+    if tuned is not None:
+        done, lr = tuned
+        report.tune = {
+            "epochs": c.tune_epochs,
+            "lr": lr,
+            "steps": len(done.loss),
+            "loss_curve": done.loss,
+            "val_loss": done.val,
+            "seconds": done.seconds,
+        }
     alpha = torch.tensor([[float("nan") if v is None else v for v in row] for row in report.alpha])
     if dist.is_main():  # every process holds the same α: the first writes the result
         with atomic_dir(c.out, c.force) as tmp:

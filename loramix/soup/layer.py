@@ -72,11 +72,26 @@ class CatLinear(nn.Module):
     scale: torch.Tensor
     owner: torch.Tensor
 
+    tuned: bool = False  # after unfreeze(): A and B are trained, α·s is folded into B
+
+    def coef(self) -> torch.Tensor:
+        """(R,) α of each rank slot's adapter times its scale."""
+        return self.alpha[0](self.present)[self.group].index_select(0, self.owner) * self.scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        coef = self.alpha[0](self.present)[self.group].index_select(0, self.owner) * self.scale  # (R,)
-        h = nn.functional.linear(x.to(self.A.dtype), self.A) * coef
+        h = nn.functional.linear(x.to(self.A.dtype), self.A)
+        if not self.tuned:
+            h = h * self.coef()
         return y + nn.functional.linear(h, self.B).to(y.dtype)
+
+    def unfreeze(self) -> None:
+        """Fold α·s into B and make A and B trainable: the output is unchanged, α is fixed from now."""
+        with torch.no_grad():
+            A, B = self.A.clone(), self.B * self.coef()
+        del self.A, self.B
+        self.A, self.B = nn.Parameter(A), nn.Parameter(B)
+        self.tuned = True
 
 
 def concatenate(modules: list, device=None, dtype=torch.float32):
@@ -128,6 +143,26 @@ def wrap(
             CatLinear(base, A, B, scale, owner, alpha, group[name], present_mask(modules).to(device)),
         )
     return alpha, labels, group
+
+
+def unfreeze(model: nn.Module) -> None:
+    """Tuning after CAT: every CatLinear's A and B become trainable with α·s folded into B."""
+    for m in model.modules():
+        if isinstance(m, CatLinear):
+            m.unfreeze()
+    alpha = getattr(model, "cat_alpha", None)
+    if alpha is not None:
+        alpha.raw.requires_grad_(False)
+
+
+def live_factors(model: nn.Module) -> dict[str, tuple]:
+    """{module: (A, B)} (scale 1, float32) of every CatLinear as it is now (α·s folded into B)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, CatLinear):
+            B = m.B if m.tuned else m.B * m.coef()
+            out[name] = (m.A.detach().float().cpu(), B.detach().float().cpu())
+    return out
 
 
 def folded_factors(adapters: list, raw: torch.Tensor, param: str, group: dict[str, int]) -> dict[str, tuple]:

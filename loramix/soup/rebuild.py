@@ -21,6 +21,11 @@ def rebuild(req: MergeRequest, progress: Callable = no_progress) -> MergeReport:
     if req.weights is not None:
         raise InputError("--weights and --cat-weights both set the weights; give one")
     doc = table.read(file)
+    if doc.get("method") == "tuned-cat":
+        raise InputError(
+            f"{table.table_path(file)}: comes from fit-cat -m tuned-cat, whose adapter was trained after α was fitted",
+            hint="its α alone does not rebuild it; use the adapter fit-cat wrote",
+        )
     if not req.adapters:
         req.adapters = table.recorded_paths(doc, file)
 

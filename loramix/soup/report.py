@@ -62,6 +62,7 @@ class FitReport:
     val_loss: list[dict] = field(default_factory=list)  # {"epoch", "step", "loss"}, step 0 first
     rank: dict | None = None  # {"min", "max"} of the written adapter
     svd_error: dict | None = None  # {"max", "mean"} relative error of --rank truncation
+    tune: dict | None = None  # tuned-cat's second stage: epochs, lr, steps, loss_curve, val_loss, seconds
 
     @property
     def fitted(self) -> bool:
@@ -103,6 +104,7 @@ class FitReport:
             "val_loss": self.val_loss,
             "rank": self.rank,
             "svd_error": self.svd_error,
+            "tune": self.tune,
         }
 
     @classmethod

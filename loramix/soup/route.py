@@ -52,6 +52,7 @@ def run_routed(c: fit.CatConfig, report_factory) -> FitReport:
     from loramix.core.interrupt import stop_on_interrupt
 
     f = fit.prepare(c, wrap=wrapper(c))
+    c = f.config
     f.val0 = loop.validation_loss(f.run)
     f.best = {"val_loss": f.val0, "step": 0, "raw": _state(f)}
     if c.method == "arrow":

@@ -15,7 +15,19 @@ from loramix.demo import plan
 pytestmark = pytest.mark.slow  # runs the whole demo (about 90 s)
 
 runner = CliRunner(env={"COLUMNS": "1000"})
-NAMES = ["base", "math", "code", "data mix", "CAT", "linear .5/.5", "cat .5/.5", "cat 1/1", "ties", "dare_ties"]
+NAMES = [
+    "base",
+    "math",
+    "code",
+    "data mix",
+    "data mix, CAT's 5%",
+    "CAT",
+    "tuned CAT",
+    "linear .5/.5",
+    "cat 1/1",
+    "ties",
+    "dare_ties",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +54,9 @@ def test_the_table_has_every_model(quick):
     for row in doc["rows"]:  # retention: the share of the skill LoRA's own accuracy
         for skill, score in own.items():
             assert row["retention"][skill] == (pytest.approx(row[skill] / score) if score else None)
-    assert "CAT's gain on math-code over the base" in result.stdout and "α per layer" in result.stdout
+    assert "CAT's gain on math-code over the base" in result.stdout and "α per layer and module" in result.stdout
+    best = max(doc["rows"], key=lambda r: r["math-code"])
+    assert f"Best on math-code: {best['model']} ({100 * best['math-code']:.1f}%)" in result.stdout
     assert f"loramix fit-cat {out}/math {out}/code" in result.stdout  # the shell equivalents, unwrapped
     for task in ("math-code", "math", "code"):
         assert json.loads((out / f"eval-{task}.json").read_text())["items"] == plan.BUDGETS["quick"]["eval"]
@@ -57,7 +71,7 @@ def test_every_adapter_it_wrote_reloads_in_peft(quick):
     with torch.no_grad():
         plain = base(input_ids=ids).logits
     folders = [folder for _, folder in plan.models_in_order() if folder]
-    assert len(folders) == 9
+    assert len(folders) == 10
     for folder in folders:
         model = PeftModel.from_pretrained(base, out / folder)
         with torch.no_grad():
@@ -65,6 +79,23 @@ def test_every_adapter_it_wrote_reloads_in_peft(quick):
         assert torch.isfinite(logits).all(), folder
         assert not torch.allclose(logits, plain), folder  # the adapter is there and does something
         base = model.unload()
+
+
+def test_the_equal_data_mix_trains_on_exactly_the_rows_cat_samples(quick):
+    from loramix.core.data import Dataset
+    from loramix.soup.fit import CatConfig, sample_rows
+
+    out, _ = quick
+    cat = json.loads((out / "cat" / "cat_weights.json").read_text())
+    samples, _ = sample_rows(
+        CatConfig(adapters=[], data=[d["data"] for d in cat["data"]], out=out / "x", fraction=cat["fraction"], seed=0)
+    )
+    rows = [row for _, part in samples for row in part]
+    log = json.loads((out / "mix-sample" / "train_log.json").read_text())
+    assert log["rows"] == len(rows) == sum(d["used"] for d in cat["data"])
+    assert log["data_sha256"] == Dataset("x", rows).digest
+    tuned = json.loads((out / "tuned-cat" / "cat_weights.json").read_text())
+    assert tuned["method"] == "tuned-cat" and tuned["tune"]["steps"] > 0 and tuned["data"] == cat["data"]
 
 
 def test_an_existing_folder_needs_force_and_must_be_a_demo(quick, tmp_path):

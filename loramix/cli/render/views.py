@@ -216,6 +216,9 @@ def eval_table(r: EvalReport) -> Table:
     return table
 
 
+DEMO_SAMPLE_MIX = "data mix, CAT's 5%"
+
+
 def demo_view(doc: dict, out: Path, color: bool) -> list:
     """`demo`: the comparison table, CAT's gain against the single skills', α, the commands."""
     import json
@@ -244,11 +247,14 @@ def demo_view(doc: dict, out: Path, color: bool) -> list:
             pct(r["retention"]["code"]),
         )
     gains = doc["single_gains"]
+    by_model = {r["model"]: r["math-code"] for r in doc["rows"]}
     line = (
         f"CAT's gain on math-code over the base: {100 * doc['cat_gain']:+.1f} points; the math LoRA's "
         f"{100 * gains['math']:+.1f}, the code LoRA's {100 * gains['code']:+.1f}: "
         f"{'super-linear' if doc['super_linear'] else 'not super-linear'} (more than the single skills' "
-        f"gains together). Best on math-code: {doc['best_composite']}."
+        f"gains together).\nBest on math-code: {doc['best_composite']} ({pct(doc['best_score'])}); the data mix "
+        f"scores {pct(by_model.get('data mix'))} on all the rows and {pct(by_model.get(DEMO_SAMPLE_MIX))} on "
+        f"CAT's 5%, tuned CAT {pct(by_model.get('tuned CAT'))}, CAT {pct(by_model.get('CAT'))}."
     )
     from loramix.soup.report import FitReport
 
