@@ -10,8 +10,7 @@ import typer
 from loramix.cli import options
 from loramix.core.models import DType
 from loramix.core.profiles import Profile
-from loramix.soup.fit import Method
-from loramix.soup.table import Granularity, Param
+from loramix.soup.table import Granularity, Method, Param
 
 
 def fit_cat(

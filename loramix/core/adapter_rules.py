@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
 CONFIG_NAME = "adapter_config.json"
+ROUTED_MANIFEST = "loramix_routed.json"  # a routed mixture (core/routing.py), which is no adapter
 
 # key fragment -> what it is, for inputs that cannot be merged exactly
 _UNMERGEABLE_KEYS = {

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from loramix.core import dense, jsontext, params
 from loramix.core.adapter_rules import (
     CONFIG_NAME,
+    ROUTED_MANIFEST,
     check_config,
     config_problems,
     coverage_problems,
@@ -159,6 +160,11 @@ def _read_config(path: Path) -> dict:
             hint=f"an adapter is a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}",
         )
     cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file() and (path / ROUTED_MANIFEST).is_file():
+        raise AdapterError(
+            f"{path}: is a routed mixture (fit-cat -m moe or arrow), not an adapter",
+            hint="loramix eval and inspect read it; its skill adapters are under experts/",
+        )
     if not cfg_path.is_file():
         raise AdapterError(f"{cfg_path}: missing; {path} is not a PEFT adapter folder")
     try:

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from loramix.core import jsontext
+from loramix.core.adapter_rules import ROUTED_MANIFEST
 from loramix.core.errors import InputError
 
-MANIFEST = "loramix_routed.json"
+MANIFEST = ROUTED_MANIFEST
 ROUTER_FILE = "router.safetensors"
 EXPERTS = "experts"
 FORMAT = "loramix-routed"

@@ -16,7 +16,6 @@ import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +23,12 @@ from loramix.core import dist
 from loramix.core.errors import EXIT_INTERRUPTED, InputError, LoramixError
 from loramix.soup import layer
 from loramix.soup.report import DataSample, FitReport, SkillAdapter
-from loramix.soup.table import TABLE_NAME
+from loramix.soup.table import METHODS, TABLE_NAME
 from loramix.train import loop
 
 TENSOR_NAME = "cat_weights.safetensors"
 
 
-class Method(str, Enum):
-    """cat: α per module by gradient (LoRA Soups); tuned-cat: cat, then the merged adapter's A and B
-    trained on the same sample; lorahub: one weight per adapter by CMA-ES; moe: a learned token
-    router per module; arrow: a data-free token router per module."""
-
-    cat = "cat"
-    tuned_cat = "tuned-cat"
-    lorahub = "lorahub"
-    moe = "moe"
-    arrow = "arrow"
-
-
-METHODS = tuple(m.value for m in Method)
 # α is a few numbers trained for a few dozen steps (1e-2 barely moves it); a router is a matrix
 DEFAULT_LR = {"cat": 0.1, "tuned-cat": 0.1, "moe": 1e-3}  # lorahub and arrow use no gradient
 # more passes over the sample overfit CAT's α (compose.md) and help the routers

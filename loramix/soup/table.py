@@ -36,6 +36,21 @@ class Param(str, Enum):
     softmax = "softmax"
 
 
+class Method(str, Enum):
+    """cat: α per module by gradient (LoRA Soups); tuned-cat: cat, then the merged adapter's A and B
+    trained on the same sample; lorahub: one weight per adapter by CMA-ES; moe: a learned token
+    router per module; arrow: a data-free token router per module."""
+
+    cat = "cat"
+    tuned_cat = "tuned-cat"
+    lorahub = "lorahub"
+    moe = "moe"
+    arrow = "arrow"
+
+
+METHODS = tuple(m.value for m in Method)
+
+
 GRANULARITIES = tuple(g.value for g in Granularity)
 PARAMS = tuple(p.value for p in Param)
 _KEYS = ("granularity", "param", "groups", "alpha", "adapters")

@@ -44,8 +44,8 @@ def soups(tmp_path_factory):
         (folder / "adapter_config.json").write_text(json.dumps(config))
     out = {"a": a, "b": b, "root": root}
     for name, extra in (
-        ("layer", ["--lr", "0.2"]),
-        ("softmax", ["--param", "softmax", "--lr", "1"]),
+        ("layer", ["--granularity", "layer", "--init", "1", "--lr", "0.2"]),
+        ("softmax", ["--granularity", "layer", "--param", "softmax", "--lr", "1"]),
         ("module", ["--granularity", "module", "--param", "softmax", "--lr", "1"]),
     ):
         result = runner.invoke(app, ["fit-cat", str(a), str(b), *FIT, "--steps", "3", *extra, "-o", str(root / name)])
@@ -103,6 +103,10 @@ def test_rank_truncates_the_same_way_in_fit_cat_and_merge(soups, tmp_path):
             *FIT,
             "--steps",
             "3",
+            "--granularity",
+            "layer",
+            "--init",
+            "1",
             "--lr",
             "0.2",
             "--rank",

@@ -39,6 +39,7 @@ def _fit(pair, out, *extra):
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow  # three searches
 def test_lorahub_is_reproducible_with_a_seed_and_writes_the_linear_merge_of_its_weights(pair, tmp_path):
     one = _fit(pair, tmp_path / "one", "-m", "lorahub", "--budget", "12", "--seed", "4")
     two = _fit(pair, tmp_path / "two", "-m", "lorahub", "--budget", "12", "--seed", "4")
@@ -94,6 +95,11 @@ def test_arrow_needs_no_training_and_writes_a_mixture(pair, tmp_path):
     assert doc["method"] == "arrow" and doc["steps"] == 0 and doc["best_val_loss"] is not None
     manifest, experts, _ = routing.load(tmp_path / "arrow")
     assert manifest.kind == "arrow" and manifest.top_k == 1 and len(experts) == 2
+    merged = runner.invoke(
+        app, ["merge", str(tmp_path / "arrow"), str(pair[0]), "-m", "linear", "-o", str(tmp_path / "m")]
+    )
+    assert merged.exit_code == 2 and "is a routed mixture (fit-cat -m moe or arrow), not an adapter" in merged.stderr
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,11 @@ def skills(tmp_path_factory):
 
 
 def _fit(out, *args):
-    return runner.invoke(app, ["fit-cat", *map(str, args), "-o", str(out), *QUICK, "--json"])
+    """fit-cat with the paper's α per layer from 1 unless the test sets them (the assertions count
+    layers and measure α from 1; the defaults are module and 1/k)."""
+    args = tuple(map(str, args))
+    pinned = [o for o, v in (("--granularity", "layer"), ("--init", "1")) if o not in args for o in (o, v)]
+    return runner.invoke(app, ["fit-cat", *args, *pinned, "-o", str(out), *QUICK, "--json"])
 
 
 def _alpha(result):
@@ -297,7 +301,7 @@ def test_ctrl_c_writes_the_best_alpha_so_far_and_exits_130(skills, tmp_path, mon
     assert "interrupted after step 3 of" in result.stderr
     doc = json.loads((tmp_path / "soup" / "cat_weights.json").read_text())
     assert doc["interrupted"] and doc["steps"] == 3 and doc["chosen_step"] == 0  # no validation since step 0
-    assert torch.equal(torch.tensor(doc["alpha"]), torch.ones(8, 2))  # so the initial α is written
+    assert torch.equal(torch.tensor(doc["alpha"]), torch.full((56, 2), 0.5))  # so the initial α (1/k) is written
     assert (tmp_path / "soup" / "adapter_model.safetensors").is_file()
 
 
