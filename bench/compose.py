@@ -69,7 +69,8 @@ def main_study(args) -> dict:
         doc = run_demo(config, quiet, quiet)
         own = {skill: next(r[skill] for r in doc["rows"] if r["model"] == skill) for skill in ("math", "code")}
         for name, options in EXTRA.items():
-            v = fit_variant(args, name, config.out, ["math", "code"], seed=seed, **options)
+            adapters = [config.out / s for s in ("math", "code")]
+            v = fit_variant(args, name, adapters, ["math", "code"], extra_folder(config.out, name), seed, **options)
             row = {"model": name, "folder": v["folder"], **{t: v["scores"][t] for t in TASKS}}
             row["retention"] = {s: (row[s] / own[s] if own[s] else None) for s in own}
             doc["rows"].append(row)
@@ -122,15 +123,13 @@ def spread(values: list[float]) -> dict:
     )
 
 
-def fit_variant(args, name: str, folder: Path, skills: list[str], seed: int = 0, **options) -> dict:
-    """Fit one fit-cat variant on the skill LoRAs in `folder` and score it on math-code and on
-    each skill's own split."""
-    from loramix.evaluate.job import EvalConfig, run_eval
+def fit_variant(args, name: str, adapters: list[Path], skills: list[str], out: Path, seed: int = 0, **options) -> dict:
+    """Fit one fit-cat variant of the skill LoRAs `adapters` (one per skill) on 5% of the skills'
+    data and score it on math-code and on each skill's own split."""
     from loramix.soup import fit, job
 
-    out = folder / "extra" / name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
     config = fit.CatConfig(
-        adapters=[folder / s for s in skills],
+        adapters=adapters,
         data=[f"builtin:{s}" for s in skills],
         out=out,
         force=True,
@@ -140,21 +139,8 @@ def fit_variant(args, name: str, folder: Path, skills: list[str], seed: int = 0,
     began = time.perf_counter()
     fitted = job.run_fit(config, quiet)
     seconds = round(time.perf_counter() - began, 1)
-    scores = {}
-    for task, metric in (("math-code", "program"), *[(s, "exact") for s in skills]):
-        doc = run_eval(
-            EvalConfig(
-                data=f"builtin:{task}",
-                adapters=[out],
-                with_base=False,
-                metric=metric,
-                limit=args.eval,
-                max_new_tokens=24,
-                batch_size=64,
-            ),
-            quiet,
-        )
-        scores[task] = doc.models[0].score
+    scores = {"math-code": score_one(args, out, "math-code", "program")}
+    scores |= {s: score_one(args, out, s, "exact") for s in skills}
     say(f"{name} (seed {seed}): {scores}")
     return {
         "variant": name,
@@ -166,46 +152,14 @@ def fit_variant(args, name: str, folder: Path, skills: list[str], seed: int = 0,
     }
 
 
-def cat_variant(args, name: str, adapters: list[Path], data: list[str], **options) -> dict:
-    """Fit one CAT variant on seed-0 adapters and score it on every task."""
-    from loramix.evaluate.job import EvalConfig, run_eval
-    from loramix.soup import fit, job
+def extra_folder(folder: Path, name: str) -> Path:
+    return folder / "extra" / name.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
 
+
+def cat_variant(args, name: str, adapters: list[Path], **options) -> dict:
+    """A variant of the earlier studies: CAT α per layer (their recipe) on math and code LoRAs."""
     out = args.work / "study" / name
-    config = fit.CatConfig(
-        adapters=adapters,
-        data=data,
-        out=out,
-        force=True,
-        seed=0,
-        **({"fraction": 0.05, "init": 1 / len(adapters), "lr": 0.1} | options),
-    )
-    began = time.perf_counter()
-    fitted = job.run_fit(config, quiet)
-    scores = {}
-    for task, metric in (("math-code", "program"), *[(s, "exact") for s in ("math", "code", "units", "words")]):
-        if task in ("math-code", "math", "code") or f"builtin:{task}" in data:
-            doc = run_eval(
-                EvalConfig(
-                    data=f"builtin:{task}",
-                    adapters=[out],
-                    with_base=False,
-                    metric=metric,
-                    limit=args.eval,
-                    max_new_tokens=24,
-                    batch_size=64,
-                ),
-                quiet,
-            )
-            scores[task] = doc.models[0].score
-    say(f"{name}: {scores}")
-    return {
-        "variant": name,
-        "options": dict(options),
-        "scores": scores,
-        "steps": fitted.steps,
-        "seconds": round(time.perf_counter() - began, 1),
-    }
+    return fit_variant(args, name, adapters, ["math", "code"], out, seed=0, **({"granularity": "layer"} | options))
 
 
 def seed0(args) -> Path:
@@ -217,14 +171,14 @@ def seed0(args) -> Path:
 
 def granularity_study(args) -> list[dict]:
     base = seed0(args)
-    adapters, data = [base / "math", base / "code"], ["builtin:math", "builtin:code"]
-    return [cat_variant(args, f"granularity-{g}", adapters, data, granularity=g) for g in ("global", "layer", "module")]
+    adapters = [base / "math", base / "code"]
+    return [cat_variant(args, f"granularity-{g}", adapters, granularity=g) for g in ("global", "layer", "module")]
 
 
 def fraction_study(args) -> list[dict]:
     base = seed0(args)
-    adapters, data = [base / "math", base / "code"], ["builtin:math", "builtin:code"]
-    return [cat_variant(args, f"fraction-{f}", adapters, data, fraction=f) for f in (0.01, 0.025, 0.05, 0.1, 0.2)]
+    adapters = [base / "math", base / "code"]
+    return [cat_variant(args, f"fraction-{f}", adapters, fraction=f) for f in (0.01, 0.025, 0.05, 0.1, 0.2)]
 
 
 K_METHODS = {"CAT": {}, "tuned CAT": {"method": "tuned-cat"}, "moe (routed)": {"method": "moe"}}
@@ -246,7 +200,10 @@ def k_study(args) -> dict:
     variants = []
     for k in (2, 3, 4):
         for name, options in K_METHODS.items():
-            v = fit_variant(args, f"k{k} {name}", base, skills[:k], seed=0, **options)
+            label = f"k{k} {name}"
+            v = fit_variant(
+                args, label, [base / s for s in skills[:k]], skills[:k], extra_folder(base, label), **options
+            )
             v.update(k=k, method=name, retention={s: v["scores"][s] / own[s] for s in skills[:k] if own[s]})
             variants.append(v)
     return {"own": own, "variants": variants}
@@ -295,7 +252,11 @@ def recipe_study(args) -> dict:
     for skill in ("math", "code"):
         if not (folder / skill).is_dir():
             run_training(TrainConfig(data=f"builtin:{skill}", out=folder / skill, limit=args.rows, seed=seed), quiet)
-    variants = [fit_variant(args, name, folder, ["math", "code"], seed=seed, **o) for name, o in RECIPES.items()]
+    adapters = [folder / "math", folder / "code"]
+    variants = [
+        fit_variant(args, name, adapters, ["math", "code"], extra_folder(folder, name), seed, **options)
+        for name, options in RECIPES.items()
+    ]
     sample = folder / "sample.jsonl"
     rows = [r for _, part in data.sample(["builtin:math", "builtin:code"], 0.05, seed) for r in part]
     data.dump(data.Dataset("sample", rows), sample, force=True)
@@ -326,9 +287,7 @@ def rank_study(args) -> list[dict]:
                     ),
                     quiet,
                 )
-        out.append(
-            cat_variant(args, f"rank-{rank}", [folder / "math", folder / "code"], ["builtin:math", "builtin:code"])
-        )
+        out.append(cat_variant(args, f"rank-{rank}", [folder / "math", folder / "code"]))
     return out
 
 

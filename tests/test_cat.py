@@ -140,3 +140,27 @@ def test_an_adapter_absent_from_every_module_of_a_group_gets_no_gradient(base_di
     mlp = [g for name, g in group.items() if "mlp" in name]
     assert mlp and all(alpha.raw.grad[g, 2] == 0 for g in mlp)
     assert all(alpha.raw.grad[g, :2].abs().sum() > 0 for g in mlp)
+
+
+def test_unfreezing_folds_alpha_into_b_and_then_trains_the_factors_only(base_dir, three):
+    """tuned-cat's second stage: the output is unchanged by unfreeze, α stops learning, A and B
+    learn, and the factors read back give the tuned model exactly."""
+    model, _, alpha, _, _ = _wrapped(base_dir, three, granularity="module")
+    with torch.no_grad():
+        alpha.raw.uniform_(-1, 2, generator=torch.Generator().manual_seed(3))
+    before = logits(model)
+    layer.unfreeze(model)
+    assert torch.allclose(logits(model), before, atol=1e-5)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith((".A", ".B")) for n in trainable) and not alpha.raw.requires_grad
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert alpha.raw.grad is None
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * p.grad.sign())
+    tuned = logits(model)
+    assert not torch.allclose(tuned, before, atol=1e-3)
+    deltas = {name: B @ A for name, (A, B) in layer.live_factors(model).items()}
+    assert torch.allclose(tuned, delta_logits(base_dir, deltas), atol=1e-5)

@@ -263,31 +263,36 @@ def _fit_and_write(c: CatConfig, report_factory) -> FitReport:
     assert f.alpha is not None
     f.val0 = loop.validation_loss(f.run)  # α at its start is a candidate too, and the curve's first point
     f.best = {"val_loss": f.val0, "step": 0, "raw": f.alpha.raw.detach().clone()}
-
-    def keep_best(report):
-        def update(step, fields):
-            val = (fields or {}).get("val_loss")
-            if val is not None and (f.best["val_loss"] is None or val < f.best["val_loss"]):
-                assert f.alpha is not None
-                f.best.update(val_loss=val, step=step, raw=f.alpha.raw.detach().clone())
-            report(step, fields)
-
-        return update
-
-    def on_stop(history: loop.History):
-        written = write(f, history, interrupted=True)
-        raise LoramixError(
-            f"interrupted after step {len(history.loss)} of {f.run.steps}; wrote {c.out} with "
-            f"the α of step {written.chosen_step}",
-            exit_code=EXIT_INTERRUPTED,
-        )
-
+    alpha = f.alpha
     with stop_on_interrupt() as stop:
         with report_factory(f.run.steps) as report:
-            history = loop.fit(f.run, keep_best(report), stop, on_stop)
+            history = train_keeping_best(
+                f, report, stop, lambda: alpha.raw.detach().clone(), lambda h: write(f, h, interrupted=True), "α"
+            )
         if c.method == "tuned-cat":
             return tune(f, history, report_factory, stop)
         return write(f, history)
+
+
+def train_keeping_best(f: Fitting, report, stop, snapshot: Callable, write_now: Callable, what: str) -> loop.History:
+    """Run the loop on f.run, keeping `snapshot()` of the best validation in f.best["raw"]; the
+    first Ctrl-C writes the result (`write_now(history)`, which reads f.best) and exits 130."""
+
+    def update(step, fields):
+        val = (fields or {}).get("val_loss")
+        if val is not None and (f.best["val_loss"] is None or val < f.best["val_loss"]):
+            f.best.update(val_loss=val, step=step, raw=snapshot())
+        report(step, fields)
+
+    def on_stop(history: loop.History):
+        written = write_now(history)
+        raise LoramixError(
+            f"interrupted after step {len(history.loss)} of {f.run.steps}; wrote {f.config.out} with "
+            f"the {what} of step {written.chosen_step}",
+            exit_code=EXIT_INTERRUPTED,
+        )
+
+    return loop.fit(f.run, update, stop, on_stop)
 
 
 def tune(f: Fitting, history: loop.History, report_factory, stop) -> FitReport:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from loramix.core import dist, routing
-from loramix.core.errors import EXIT_INTERRUPTED, LoramixError
 from loramix.soup import fit
 from loramix.soup.report import FitReport
 from loramix.soup.table import groups
@@ -59,26 +58,11 @@ def run_routed(c: fit.CatConfig, report_factory) -> FitReport:
         f.run.steps = 0
         return write(f, loop.History())
 
-    def keep_best(report):
-        def update(step, fields):
-            val = (fields or {}).get("val_loss")
-            if val is not None and (f.best["val_loss"] is None or val < f.best["val_loss"]):
-                f.best.update(val_loss=val, step=step, raw=_state(f))
-            report(step, fields)
-
-        return update
-
-    def on_stop(history: loop.History):
-        written = write(f, history, interrupted=True)
-        raise LoramixError(
-            f"interrupted after step {len(history.loss)} of {f.run.steps}; wrote {c.out} with "
-            f"the routers of step {written.chosen_step}",
-            exit_code=EXIT_INTERRUPTED,
-        )
-
     with stop_on_interrupt() as stop:
         with report_factory(f.run.steps) as report:
-            history = loop.fit(f.run, keep_best(report), stop, on_stop)
+            history = fit.train_keeping_best(
+                f, report, stop, lambda: _state(f), lambda h: write(f, h, interrupted=True), "routers"
+            )
         return write(f, history)
 
 

@@ -102,6 +102,22 @@ def test_arrow_needs_no_training_and_writes_a_mixture(pair, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_tuned_cat_trains_the_merged_adapter_which_its_alpha_table_cannot_rebuild(pair, tmp_path):
+    cat = _fit(pair, tmp_path / "cat", "--steps", "2", "--val-fraction", "0")
+    tuned = _fit(
+        pair, tmp_path / "tuned", "-m", "tuned-cat", "--steps", "2", "--val-fraction", "0", "--tune-epochs", "1"
+    )
+    assert tuned["method"] == "tuned-cat" and tuned["alpha"] == cat["alpha"]  # the same α, then the tuning
+    assert tuned["tune"]["steps"] == len(tuned["tune"]["loss_curve"]) > 0 and tuned["tune"]["lr"] == 1e-3
+    plain, trained = read_adapter(tmp_path / "cat"), read_adapter(tmp_path / "tuned")
+    assert plain.modules.keys() == trained.modules.keys()
+    assert all(not torch.allclose(m.delta(), trained.modules[n].delta()) for n, m in plain.modules.items())
+    result = runner.invoke(
+        app, ["merge", "-m", "cat", "--cat-weights", str(tmp_path / "tuned"), "-o", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2 and "comes from fit-cat -m tuned-cat" in result.stderr
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
