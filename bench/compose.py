@@ -225,19 +225,13 @@ def score_one(args, folder: Path, task: str, metric: str) -> float:
 
 
 RECIPES = {
-    "CAT α per layer, init 0.5 (the earlier default)": {"granularity": "layer"},
-    "CAT α per layer, init 1": {"granularity": "layer", "init": 1.0},
-    "CAT α per layer, softmax": {"granularity": "layer", "param": "softmax"},
-    "CAT α per layer, 10 epochs": {"granularity": "layer", "epochs": 10},
+    "CAT α per layer, init 0.5 (the earlier demo's)": {"granularity": "layer"},
+    "CAT α per layer, init 1 (the earlier default)": {"granularity": "layer", "init": 1.0},
     "CAT α per module (default)": {},
     "tuned-cat, 3 tuning epochs": {"method": "tuned-cat", "tune_epochs": 3},
     "tuned-cat, 10 tuning epochs (default)": {"method": "tuned-cat"},
-    "tuned-cat, 20 tuning epochs": {"method": "tuned-cat", "tune_epochs": 20},
-    "moe lr 1e-2, 1 epoch": {"method": "moe", "lr": 1e-2, "epochs": 1},
     "moe lr 1e-3, 1 epoch": {"method": "moe", "epochs": 1},
     "moe lr 1e-3, 5 epochs (default)": {"method": "moe"},
-    "lorahub, 40 evaluations": {"method": "lorahub"},
-    "arrow": {"method": "arrow"},
 }
 
 
