@@ -20,11 +20,12 @@ def demo(
 ) -> None:
     """Compose two skills on loramix-tiny, LoRA Soups' experiment in a few minutes on a CPU.
 
-    Trains a math and a code LoRA and a data-mix LoRA, fits CAT (α per layer) on 5% of each
-    skill's data, merges with linear, cat 0.5/0.5 and 1/1, ties and dare_ties, and scores every
-    model on the held-out composite task (word problem to program, run in a sandbox) and on each
-    skill's own eval split. Prints the table, CAT's gain against the single skills', the α heatmap
-    and the same pipeline as shell commands; everything it made stays in --out.
+    Trains a math and a code LoRA and two data-mix LoRAs (all the rows; only CAT's 5% sample), fits
+    CAT (α per module) and tuned-cat on 5% of each skill's data, merges with linear, cat 1/1, ties
+    and dare_ties, and scores every model on the held-out composite task (word problem to program,
+    run in a sandbox) and on each skill's own eval split. Prints the table, which model composes
+    best against both data mixes, CAT's gain against the single skills', the α heatmap and the same
+    pipeline as shell commands; everything it made stays in --out.
 
     Example: loramix demo --quick -o /tmp/demo
     """

@@ -32,7 +32,7 @@ CAT_OPTIONS: dict[str, Any] = {"fraction": FRACTION}
 # fits besides the merges: table name -> (folder, fit-cat --method)
 FITS = {"CAT": ("cat", "cat"), "tuned CAT": ("tuned-cat", "tuned-cat")}
 BUDGETS = {
-    "full": {"rows": 3000, "eval": 200, "tune_epochs": 10},
+    "full": {"rows": 4000, "eval": 200, "tune_epochs": 10},
     "quick": {"rows": 400, "eval": 40, "tune_epochs": 2},
 }
 
