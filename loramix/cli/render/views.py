@@ -252,9 +252,18 @@ def demo_view(doc: dict, out: Path, color: bool) -> list:
         f"CAT's gain on math-code over the base: {100 * doc['cat_gain']:+.1f} points; the math LoRA's "
         f"{100 * gains['math']:+.1f}, the code LoRA's {100 * gains['code']:+.1f}: "
         f"{'super-linear' if doc['super_linear'] else 'not super-linear'} (more than the single skills' "
-        f"gains together).\nBest on math-code: {doc['best_composite']} ({pct(doc['best_score'])}); the data mix "
-        f"scores {pct(by_model.get('data mix'))} on all the rows and {pct(by_model.get(DEMO_SAMPLE_MIX))} on "
-        f"CAT's 5%, tuned CAT {pct(by_model.get('tuned CAT'))}, CAT {pct(by_model.get('CAT'))}."
+        f"gains together).\nBest on math-code: {doc['best_composite']} ({pct(doc['best_score'])}); "
+        + ", ".join(
+            f"{label} {pct(by_model.get(model))}"
+            for model, label in (
+                ("data mix", "the data mix on all the rows"),
+                (DEMO_SAMPLE_MIX, "on CAT's 5%"),
+                ("tuned CAT", "tuned CAT"),
+                ("CAT", "CAT"),
+            )
+            if model != doc["best_composite"]
+        )
+        + "."
     )
     from loramix.soup.report import FitReport
 
