@@ -286,7 +286,12 @@ def test_no_module_keeps_a_replaced_function():
 
 
 def test_signal_module_still_imports_and_reads():
-    code = "import sys, signal\nprint(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    # what SIGINT's handler is depends on how the run was started (a shell's background job ignores
+    # it); reading it at all is what the sandbox must allow
+    code = (
+        "import sys, signal\n"
+        "print(signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL))"
+    )
     r = run_program(code)
     assert (r.ok, r.output) == (True, "True\n"), r
     r = run_program("import sys\ndel sys.modules['_signal']\nimport _signal")
