@@ -1,11 +1,9 @@
-"""The `fit-cat` job: freeze k skill LoRAs on their base, learn the CAT weights α from a small mix
-of the skills' data (the shared loop, loramix.train.loop, with α the only trainable tensor), keep
-the α with the best validation loss, and write one merged adapter plus the α table
-(cat_weights.json and cat_weights.safetensors).
+"""fit-cat's configuration, checks and preparation (the adapters, the data sample, the base
+wrapped with CAT's layer or another method's), the loop step that keeps the best validation, and
+the output: one merged adapter plus the α table (cat_weights.json and cat_weights.safetensors).
 
-The other composition methods on the same data sample (`--method`) start from the same
-preparation: lorahub (soup/hub.py) searches one weight per adapter without gradients, moe and
-arrow (soup/route.py) write a routed mixture instead of an adapter."""
+The runs themselves live beside it: CAT and tuned-cat in soup/cat_run.py, lorahub in soup/hub.py,
+moe and arrow (a routed mixture instead of an adapter) in soup/route.py; soup/job.py dispatches."""
 
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ import json
 import math
 import random
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,31 +246,6 @@ def prepare(c: CatConfig, wrap: Callable | None = None) -> Fitting:
     )
 
 
-def run_cat(c: CatConfig, report_factory: Callable[[int], AbstractContextManager[loop.Report]]) -> FitReport:
-    """prepare -> fit α (keeping the best by validation loss) -> write; returns the α table.
-    The first Ctrl-C writes the result with the best α so far and exits 130."""
-    with loop.memory_errors():
-        return _fit_and_write(c, report_factory)
-
-
-def _fit_and_write(c: CatConfig, report_factory) -> FitReport:
-    from loramix.core.interrupt import stop_on_interrupt
-
-    f = prepare(c)
-    assert f.alpha is not None
-    f.val0 = loop.validation_loss(f.run)  # α at its start is a candidate too, and the curve's first point
-    f.best = {"val_loss": f.val0, "step": 0, "raw": f.alpha.raw.detach().clone()}
-    alpha = f.alpha
-    with stop_on_interrupt() as stop:
-        with report_factory(f.run.steps) as report:
-            history = train_keeping_best(
-                f, report, stop, lambda: alpha.raw.detach().clone(), lambda h: write(f, h, interrupted=True), "α"
-            )
-        if c.method == "tuned-cat":
-            return tune(f, history, report_factory, stop)
-        return write(f, history)
-
-
 def train_keeping_best(f: Fitting, report, stop, snapshot: Callable, write_now: Callable, what: str) -> loop.History:
     """Run the loop on f.run, keeping `snapshot()` of the best validation in f.best["raw"]; the
     first Ctrl-C writes the result (`write_now(history)`, which reads f.best) and exits 130."""
@@ -295,39 +267,7 @@ def train_keeping_best(f: Fitting, report, stop, snapshot: Callable, write_now: 
     return loop.fit(f.run, update, stop, on_stop)
 
 
-def tune(f: Fitting, history: loop.History, report_factory, stop) -> FitReport:
-    """tuned-cat's second stage: the best α folded into B, then A and B trained on the same rows
-    (--tune-epochs at --tune-lr); the result is written from the trained factors."""
-    import torch
-
-    from loramix.core import models
-    from loramix.train.skill import BUNDLED_LR, OTHER_LR
-
-    c = f.config
-    assert f.alpha is not None
-    with torch.no_grad():
-        f.alpha.raw.copy_(_chosen(f))
-    layer.unfreeze(f.run.model)
-    lr = c.tune_lr if c.tune_lr is not None else BUNDLED_LR if f.base == models.BUNDLED else OTHER_LR
-    steps, per_epoch = loop.plan_steps(len(f.run.train), c.batch_size, c.grad_accum, c.tune_epochs, None)
-    run = dataclasses.replace(
-        f.run, settings=dataclasses.replace(f.run.settings, lr=lr), steps=steps, steps_per_epoch=per_epoch
-    )
-    tuned = loop.History()
-
-    def on_stop(done: loop.History):
-        write(f, history, interrupted=True, tuned=(done, lr))
-        raise LoramixError(
-            f"interrupted after tuning step {len(done.loss)} of {steps}; wrote {c.out} with the factors so far",
-            exit_code=EXIT_INTERRUPTED,
-        )
-
-    with report_factory(steps) as report:
-        tuned = loop.fit(run, report, stop, on_stop)
-    return write(f, history, tuned=(tuned, lr))
-
-
-def _chosen(f: Fitting):
+def chosen(f: Fitting):
     """The trained tensor of the best-validation α, or the current one without a validation set."""
     if f.best["val_loss"] is not None or f.alpha is None:
         return f.best["raw"]
@@ -343,7 +283,7 @@ def write(f: Fitting, history: loop.History, interrupted: bool = False, tuned=No
     from loramix.core.outputs import atomic_dir
     from loramix.core.profiles import layout, write_adapter
 
-    c, raw = f.config, _chosen(f)
+    c, raw = f.config, chosen(f)
     if tuned is None:
         factors = layer.folded_factors(f.adapters, raw, c.param, f.group)
     else:

@@ -1,4 +1,4 @@
-"""The `fit-cat` job for every --method: CAT and tuned-cat (soup/fit.py), LoraHub (soup/hub.py),
+"""The `fit-cat` job for every --method: CAT and tuned-cat (soup/cat_run.py), LoraHub (soup/hub.py),
 or a routed mixture, moe or arrow (soup/route.py), all on the same data sample and preparation."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from loramix.soup import hub, route
-from loramix.soup.fit import CatConfig, check_options, run_cat, with_defaults
+from loramix.soup.cat_run import run_cat
+from loramix.soup.fit import CatConfig, check_options, with_defaults
 from loramix.soup.report import FitReport
 from loramix.train import loop
 
