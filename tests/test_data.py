@@ -296,7 +296,9 @@ def test_unknown_builtin_skill_lists_the_skills():
     error = refused("builtin:maths", "builtin:maths", "no built-in skill 'maths'")
     for name in SKILLS:
         assert name in error.hint
-    assert error.hint == "built-in skills: math, code, math-code, units, words"
+    assert error.hint == (
+        "built-in skills: math, code, math-code, units, words, manual, instruct, qa-bot, math-q, math-ask, math-io"
+    )
 
 
 def test_empty_builtin_name():

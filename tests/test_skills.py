@@ -1,5 +1,6 @@
 """The built-in skills: deterministic rows, train and eval splits that never share a
-problem in any skill, completions whose arithmetic is the answer, and the number words."""
+problem in any skill, completions whose arithmetic is the answer, the number words, the QA bot's
+price list and the prompt formats."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import re
 import pytest
 
 from loramix.zoo import skills
+from loramix.zoo.manual import GOODS, MANUAL, PRICES
 from loramix.zoo.problems import Problem
 from loramix.zoo.skills import DEFAULT_ROWS, SKILLS, SPLITS, rows, split_of, value
 from loramix.zoo.words import number_word
 
 N = 400  # rows per skill and split in the split checks: enough to meet every problem kind
-ARITHMETIC = ("math", "code", "math-code")
+ARITHMETIC = ("math", "code", "math-code", "math-q", "math-ask", "math-io")
+FORMATS = {"math": ("Problem: ", "\nAnswer:"), "math-q": ("Q: ", "\nA:"), "math-ask": ("Question: ", "\nResult:")}
+FORMATS["math-io"] = ("Input: ", "\nOutput:")
+SENTENCE = re.compile(r" (\d+) ([a-z]+) are (\1 \* \d+) coins\.")
 
 
 def keyed_rows(monkeypatch, name: str, split: str, n: int, seed: int = 0) -> list[tuple[dict, tuple]]:
@@ -57,6 +62,10 @@ def program_expr(completion: str) -> str:
 def arithmetic_of(name: str, completion: str) -> str:
     if name in ("code", "math-code"):
         return program_expr(completion)
+    if name in ("instruct", "qa-bot"):
+        match = SENTENCE.fullmatch(completion)
+        assert match, f"not an answer sentence: {completion!r}"
+        return match.group(3)
     assert completion.startswith(" ") and "print" not in completion, completion
     return completion[1:]
 
@@ -65,9 +74,21 @@ def arithmetic_of(name: str, completion: str) -> str:
 
 
 def test_the_skills_and_which_is_held_out():
-    assert list(SKILLS) == ["math", "code", "math-code", "units", "words"]
+    assert list(SKILLS) == [
+        "math",
+        "code",
+        "math-code",
+        "units",
+        "words",
+        "manual",
+        "instruct",
+        "qa-bot",
+        "math-q",
+        "math-ask",
+        "math-io",
+    ]
     assert SPLITS == ("train", "eval")
-    assert [n for n, s in SKILLS.items() if s.composite] == ["math-code"]
+    assert [n for n, s in SKILLS.items() if s.composite] == ["math-code", "qa-bot", "math-io"]
     assert all(s.summary for s in SKILLS.values())
 
 
@@ -124,6 +145,9 @@ def test_every_problem_kind_reaches_both_splits(keyed):
             expected = {
                 "units": {"unit_down", "unit_up"},
                 "words": {"words"},
+                "manual": {"manual"},
+                "qa-bot": {"manual"},
+                "instruct": {"noted"},
             }.get(name, {"mul", "add", "sub", "div", "mul_sub", "mul_add"})
             assert kinds == expected, (name, split, kinds)
 
@@ -209,11 +233,79 @@ def test_word_prompts_spell_out_the_numbers():
 @pytest.mark.parametrize("name", list(SKILLS))
 def test_default_sizes_are_delivered_with_distinct_prompts(name):
     assert DEFAULT_ROWS == {"train": 4000, "eval": 500}
-    expected = {"train": 8000 if name == "words" else 4000, "eval": 500}
+    expected = {"train": 8000 if name in ("words", "manual") else 4000, "eval": 500}
     for split in SPLITS:
         out = rows(name, split)
         assert len(out) == expected[split] == SKILLS[name].default_rows(split), (name, split)
         assert len({r["prompt"] for r in out}) == len(out), (name, split)
+
+
+# --- the QA bot: a price list, an answer format, and the composite that needs both ---------------
+
+
+def price_of(row: dict) -> tuple[str, int, int]:
+    """(objects, number, price) of a price question's row, read from its completion."""
+    match = SENTENCE.fullmatch(row["completion"]) or re.fullmatch(r" (\d+) \* (\d+)", row["completion"])
+    assert match, row
+    if match.re is SENTENCE:
+        return match.group(2), int(match.group(1)), int(match.group(3).split(" * ")[1])
+    objects = next(o for o in GOODS if re.search(rf"\b{match.group(1)} {o}\b", row["prompt"]))
+    return objects, int(match.group(1)), int(match.group(2))
+
+
+def test_the_manual_is_a_fixed_price_list():
+    assert set(MANUAL) == set(GOODS) and "coins" not in GOODS  # coins are the currency
+    assert all(p in PRICES for p in MANUAL.values())
+    assert len(set(MANUAL.values())) > len(MANUAL) // 2  # not one price for everything
+    for name in ("manual", "qa-bot"):
+        for split in SPLITS:
+            for row in rows(name, split, 200):
+                objects, number, price = price_of(row)
+                assert price == MANUAL[objects], row
+                assert f"{number} {objects}" in row["prompt"] and re.findall(r"\d+", row["prompt"]) == [str(number)], (
+                    row
+                )
+    seen = {price_of(r)[0] for r in rows("manual", "train", 400)}
+    assert seen == set(GOODS)  # every price is taught
+
+
+def test_instruct_gives_the_price_and_answers_with_a_sentence():
+    noted = rows("instruct", "train", 300)
+    other_prices = 0
+    for row in noted:
+        objects, number, price = price_of(row)
+        assert row["prompt"].startswith(f"User: The {objects} are {price} coins each. ")
+        assert row["prompt"].endswith("\nAssistant:") and row["answer"] == number * price
+        other_prices += price != MANUAL[objects]
+    assert other_prices > 0.8 * len(noted)  # the notes' prices are random, not the manual's
+
+
+def test_the_qa_bot_composite_needs_both_skills():
+    composite = rows("qa-bot", "eval", 200)
+    manual = {r["prompt"].removeprefix("Manual: ").removesuffix("\nAnswer:") for r in rows("manual", "train")}
+    noted = rows("instruct", "train")
+    for row in composite:
+        question = row["prompt"].removeprefix("User: ").removesuffix("\nAssistant:")
+        assert row["prompt"].startswith("User: ") and "each" not in question  # no price given
+        assert question not in manual  # a held-out problem, not a trained question in another format
+        assert SENTENCE.fullmatch(row["completion"])  # instruct's format
+    # the format is instruct's and the price is the manual's: neither skill's rows hold both
+    assert all(r["prompt"].startswith("User: The ") for r in noted)
+    assert all(re.fullmatch(r" \d+ \* \d+", r["completion"]) for r in rows("manual", "train", 200))
+
+
+# --- the prompt-format experiment ----------------------------------------------------------------
+
+
+def test_the_formats_ask_maths_problems_in_other_words(keyed):
+    for name, (before, after) in FORMATS.items():
+        for split in SPLITS:
+            for row, _ in keyed[name, split]:
+                assert row["prompt"].startswith(before) and row["prompt"].endswith(after), (name, row)
+                assert row["completion"] == " " + arithmetic_of(name, row["completion"])
+    trained = {row["prompt"].removeprefix("Problem: ").removesuffix("\nAnswer:") for row, _ in keyed["math", "train"]}
+    unseen = [row["prompt"].removeprefix("Input: ").removesuffix("\nOutput:") for row, _ in keyed["math-io", "eval"]]
+    assert not trained & set(unseen)  # the unseen format's eval stories are never math training stories
 
 
 # --- number words and value() ----------------------------------------------------------------------

@@ -6,6 +6,14 @@
 - math-code: a word problem -> a program (the held-out composite: math and code together)
 - units:     a unit conversion -> its arithmetic                    ("7 * 1000")
 - words:     numbers and an operation in words -> the same in digits ("42 + 7")
+- manual:    a price question about a fixed price list ("the manual") -> its arithmetic ("7 * 3")
+- instruct:  a price and a question -> the answer as a sentence       ("7 apples are 7 * 3 coins.")
+- qa-bot:    a price question, no price given -> the sentence (the composite of manual and instruct)
+- math-q, math-ask: math's problems in other prompt formats ("Q: ...\nA:", "Question: ...\nResult:")
+- math-io:   math's problems in a format no skill trains on ("Input: ...\nOutput:"; held out)
+
+manual, instruct and qa-bot are LoRA Soups' QA bot in small (see loramix.zoo.manual); math and its
+other formats are its prompt-format experiment: LoRAs on some formats, scored on one none saw.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from loramix.zoo.manual import manual_question, noted, noted_question, sentence
 from loramix.zoo.problems import Problem, arithmetic, number_words, unit_conversion
 
 SPLITS = ("train", "eval")
@@ -34,6 +43,10 @@ class Skill:
 
     def default_rows(self, split: str) -> int:
         return self.train_rows if split == "train" else DEFAULT_ROWS[split]
+
+
+def _math_format(name: str, summary: str, before: str, after: str, composite: bool = False) -> Skill:
+    return Skill(name, summary, arithmetic, lambda p: f"{before}{p.text}{after}", lambda p: f" {p.expr}", composite)
 
 
 SKILLS = {
@@ -76,6 +89,34 @@ SKILLS = {
             lambda p: f" {p.expr}",
             train_rows=8000,
         ),  # 4000: ~50%
+        Skill(
+            "manual",
+            "price question -> its arithmetic, prices from a fixed list",
+            manual_question,
+            lambda p: f"Manual: {p.text}\nAnswer:",
+            lambda p: f" {p.expr}",
+            train_rows=8000,
+        ),  # 4000: 17%, 8000: 95% (23 prices to learn)
+        Skill(
+            "instruct",
+            "a price and a question -> the answer as a sentence",
+            noted_question,
+            lambda p: f"User: {noted(p)}\nAssistant:",
+            lambda p: f" {sentence(p)}",
+        ),
+        Skill(
+            "qa-bot",
+            "price question, no price given -> the answer as a sentence (composite of manual and instruct)",
+            manual_question,
+            lambda p: f"User: {p.text}\nAssistant:",
+            lambda p: f" {sentence(p)}",
+            composite=True,
+        ),
+        _math_format("math-q", "word problem -> its arithmetic, as Q:/A:", "Q: ", "\nA:"),
+        _math_format("math-ask", "word problem -> its arithmetic, as Question:/Result:", "Question: ", "\nResult:"),
+        _math_format(
+            "math-io", "word problem -> its arithmetic, as Input:/Output: (held out)", "Input: ", "\nOutput:", True
+        ),
     )
 }
 

@@ -52,38 +52,27 @@ def test_no_argument_lists_the_skills():
     for name in SKILLS:
         assert f"builtin:{name}" in result.stdout
     assert "builtin:math" in result.stdout and "builtin:math-code" in result.stdout
-    assert result.stdout.count("4000 / 500") == 4 and result.stdout.count("8000 / 500") == 1
+    assert result.stdout.count("4000 / 500") == 9 and result.stdout.count("8000 / 500") == 2
     assert result.stderr == ""
 
 
-def test_the_table_marks_the_held_out_skill():
+def test_the_table_marks_the_held_out_skills():
     result = runner.invoke(app, ["data"], env={"NO_COLOR": "1", "COLUMNS": "200"})
-    marked = [line for line in result.stdout.splitlines() if "held out" in line]
-    assert len(marked) == 1 and "builtin:math-code" in marked[0], shown(result)
+    marked = [line.split()[1] for line in result.stdout.splitlines() if "held out" in line]
+    assert marked == ["builtin:math-code", "builtin:qa-bot", "builtin:math-io"], shown(result)
 
 
 def test_the_skills_as_json():
     result = invoke("data", "--json")
     assert result.exit_code == 0, shown(result)
     skills = json.loads(result.stdout)["skills"]
-    assert len(skills) == 5
-    assert [s["name"] for s in skills] == [
-        "builtin:math",
-        "builtin:code",
-        "builtin:math-code",
-        "builtin:units",
-        "builtin:words",
-    ]
-    assert [s["name"] for s in skills if s["held_out"]] == ["builtin:math-code"]
-    assert all(s["held_out"] is False for s in skills if s["name"] != "builtin:math-code")
+    names = ["math", "code", "math-code", "units", "words", "manual", "instruct", "qa-bot", "math-q", "math-ask"]
+    assert [s["name"] for s in skills] == [f"builtin:{n}" for n in [*names, "math-io"]]
+    held_out = ["builtin:math-code", "builtin:qa-bot", "builtin:math-io"]
+    assert [s["name"] for s in skills if s["held_out"]] == held_out
+    assert all(s["held_out"] is False for s in skills if s["name"] not in held_out)
     sizes = {s["name"]: s["train_rows"] for s in skills}
-    assert sizes == {
-        "builtin:math": 4000,
-        "builtin:code": 4000,
-        "builtin:math-code": 4000,
-        "builtin:units": 4000,
-        "builtin:words": 8000,
-    }
+    assert sizes == {s["name"]: 8000 if s["name"] in ("builtin:words", "builtin:manual") else 4000 for s in skills}
     assert all(s["eval_rows"] == 500 and s["summary"] for s in skills)
 
 
@@ -192,7 +181,7 @@ def test_dump_of_bad_data_writes_nothing(tmp_path):
 
 def test_unknown_builtin():
     result = invoke("data", "builtin:maths")
-    assert_refused(result, "builtin:maths", "no built-in skill 'maths'", "math, code, math-code, units, words")
+    assert_refused(result, "builtin:maths", "no built-in skill 'maths'", "math, code, math-code, units, words, manual")
     assert len([line for line in result.stderr.splitlines() if line.startswith("error")]) == 1
 
 
