@@ -404,7 +404,7 @@ def meta(args, seconds: float) -> dict:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     return {
-        "command": "python bench/compose.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
+        "command": f"python bench/{Path(sys.argv[0]).name}" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "commit": commit,
         "seeds": args.seeds,
@@ -445,10 +445,16 @@ def main(argv=None) -> None:
     doc["machine"] = machine()
     entry = result if isinstance(result, dict) else {"variants": result}
     doc[args.study] = {**entry, "meta": meta(args, time.perf_counter() - began)}
-    args.results.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    (args.results / "compose.md").write_text(markdown(doc))
-    print(markdown(doc))
+    save(args.results, "compose", doc, markdown)
+
+
+def save(results: Path, stem: str, doc: dict, render) -> None:
+    """Write results/STEM.json and the markdown `render` makes of it (also printed)."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    text = render(doc)
+    (results / f"{stem}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compose import ROOT, machine, meta, pct, quiet, say, spread
+from compose import ROOT, machine, meta, pct, quiet, save, say, spread
 
 RESULTS = ROOT / "bench" / "results"
 EXPERIMENTS = {
@@ -278,21 +278,17 @@ def main(argv=None) -> None:
     spec, began = EXPERIMENTS[args.experiment], time.perf_counter()
     path = args.results / "compose_tasks.json"
     doc = json.loads(path.read_text()) if path.exists() else {}
-    command = "python " + " ".join(["bench/compose_tasks.py", *sys.argv[1:]])
     if args.rescore:
         entry = doc[args.experiment]
         entry["runs"] = rescore(args, spec, entry)
-        entry["meta"]["rescored"] = meta(args, time.perf_counter() - began) | {"command": command}
+        entry["meta"]["rescored"] = meta(args, time.perf_counter() - began)
     else:
         runs = [{"seed": seed, "rows": run_seed(args, spec, seed)} for seed in args.seeds]
-        entry = {"runs": runs, "meta": meta(args, time.perf_counter() - began) | {"command": command}}
+        entry = {"runs": runs, "meta": meta(args, time.perf_counter() - began)}
     entry["summary"] = summarise(spec, [r["rows"] for r in entry["runs"]])
     doc["machine"] = machine()
     doc[args.experiment] = entry
-    args.results.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    (args.results / "compose_tasks.md").write_text(markdown(doc))
-    print(markdown(doc))
+    save(args.results, "compose_tasks", doc, markdown)
 
 
 if __name__ == "__main__":
