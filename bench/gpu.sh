@@ -31,6 +31,7 @@ export HF_HUB_OFFLINE=1
 if [[ $smoke == 1 ]]; then
   device=cpu; shape=(--hidden 64 --intermediate 128 --heads 4 --layers 2)
   steps=2; fit_steps=2; limit=8; speed=(--quick --repeats 1 --warmup 0); prompts=8
+  espeed=(--batch-sizes 4,8 --max-new-tokens 8)
 else
   if ! python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "bench/gpu.sh: no CUDA device here (use --smoke to check the script on the CPU)" >&2
@@ -38,6 +39,7 @@ else
   fi
   device=cuda; shape=(--hidden 4096 --intermediate 11008 --heads 32 --layers 2)
   steps=30; fit_steps=20; limit=64; speed=(--hidden 4096 --intermediate 11008 --heads 32 --layers 4 --k 2,3); prompts=256
+  espeed=()
 fi
 
 failed=0
@@ -80,7 +82,8 @@ step fit_cat_speed_7b python bench/fit_cat_speed.py --device "$device" "${speed[
 [[ $smoke == 1 ]] || step fit_cat_speed_tiny python bench/fit_cat_speed.py --quick --device "$device" \
   --out "$results/fit_cat_speed_tiny.md"
 [[ $smoke == 1 ]] || step merge_speed python bench/merge_speed.py --quick --out "$results/merge_speed.md"
-step eval_speed python bench/eval_speed.py --device "$device" --prompts $prompts --repeats 1 --out "$results/eval_speed.md"
+step eval_speed python bench/eval_speed.py --device "$device" --prompts $prompts --repeats 1 "${espeed[@]}" \
+  --out "$results/eval_speed.md"
 
 cat "$results/summary.md"
 exit $failed
