@@ -146,12 +146,11 @@ def rows(name: str, split: str = "train", n: int | None = None, seed: int = 0) -
     rng = random.Random(f"{name}/{split}/{seed}")
     out: list[dict] = []
     seen: set = set()
-    tries = misses = 0
+    misses = 0
     while len(out) < n:
-        tries += 1
         # a split is taken as exhausted after 20000 draws in a row give nothing new (a split that
         # still had a row in a thousand left would be this unlucky once in 10^8 times)
-        if tries > 50 * n + 1000 or misses > 20_000:
+        if misses > 20_000:
             raise ValueError(f"builtin:{name}:{split} has fewer than {n} distinct rows")
         p = skill.draw(rng)
         prompt = skill.prompt(p)

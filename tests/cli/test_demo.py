@@ -12,7 +12,9 @@ from loramix.cli.app import app
 from loramix.core import models
 from loramix.demo import plan
 
-pytestmark = pytest.mark.slow  # runs the whole demo, on a smaller budget than --quick (about 50 s)
+pytestmark = pytest.mark.slow  # runs every step of the demo, on a smaller budget than --quick
+
+BUDGET = {"rows": 200, "eval": 16, "tune_epochs": 1}
 
 runner = CliRunner(env={"COLUMNS": "1000"})
 NAMES = [
@@ -34,7 +36,7 @@ NAMES = [
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     with pytest.MonkeyPatch.context() as mp:  # every step still runs, on fewer rows and eval items
-        mp.setitem(plan.BUDGETS, "quick", {"rows": 200, "eval": 16, "tune_epochs": 1})
+        mp.setitem(plan.BUDGETS, "quick", BUDGET)
         result = runner.invoke(app, ["demo", "--quick", "--threads", "1", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     return out, result
@@ -61,7 +63,7 @@ def test_the_table_has_every_model(quick):
     assert f"Best on math-code: {best['model']} ({100 * best['math-code']:.1f}%)" in result.stdout
     assert f"loramix fit-cat {out}/math {out}/code" in result.stdout  # the shell equivalents, unwrapped
     for task in ("math-code", "math", "code"):
-        assert json.loads((out / f"eval-{task}.json").read_text())["items"] == 16
+        assert json.loads((out / f"eval-{task}.json").read_text())["items"] == BUDGET["eval"]
 
 
 def test_every_adapter_it_wrote_reloads_in_peft(quick):

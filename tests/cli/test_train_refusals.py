@@ -184,7 +184,6 @@ def test_a_base_with_only_pickled_weights_is_refused_unread(tmp_path, monkeypatc
     assert _nothing_written(tmp_path)
 
 
-@pytest.mark.slow
 def test_more_builtin_rows_than_exist(tmp_path):
     result = runner.invoke(app, ["data", "builtin:units:eval", "--limit", "100000"])
     assert result.exit_code == 2 and "builtin:units:eval has fewer than 100000 distinct rows" in result.stderr
