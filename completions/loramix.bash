@@ -79,7 +79,7 @@ _loramix_cmd_fit_cat() {
         --out|-o) compopt -o filenames 2>/dev/null; _loramix_reply -f; return ;;
         --method|-m) _loramix_reply -W 'arrow cat lorahub moe tuned-cat'; return ;;
         --fraction) return ;;
-        --granularity) _loramix_reply -W 'global layer module'; return ;;
+        --granularity) _loramix_reply -W 'global layer module rank'; return ;;
         --param) _loramix_reply -W 'free softmax'; return ;;
         --init) return ;;
         --lr) return ;;

@@ -72,7 +72,7 @@ complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l data -s d -r -f 
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l out -s o -r -F -d 'Output folder: the merged adapter plus the α table.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l method -s m -r -a 'arrow cat lorahub moe tuned-cat' -f -d 'cat (α per module, by gradient), tuned-cat (cat, then the merged adapter trained on the same rows), lorahub (one weight per adapter, CMA-ES), moe (a learned token router per module) or arrow (a token router from the adapters alone); moe and arrow write a routed mixture that loramix eval scores.'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l fraction -r -f -d 'Share of each --data set used (the paper: 5%).'
-complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l granularity -r -a 'global layer module' -f -d 'One α per adapter per module (best in bench/compose.py), per layer (the paper\'s), or global.'
+complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l granularity -r -a 'global layer module rank' -f -d 'One α per adapter per module (best in bench/compose.py), per layer (the paper\'s), global, or rank (one per rank-1 component of each adapter\'s module; merge cannot rebuild it from the table).'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l param -r -a 'free softmax' -f -d 'free (α itself) or softmax (α = softmax of logits over adapters).'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l init -r -f -d 'Initial α for --param free [default: 1/k, the skills\' average].'
 complete -c loramix -n '__fish_seen_subcommand_from fit-cat' -l lr -r -f -d 'Peak learning rate [default: 0.1 for cat\'s α, 1e-3 for moe\'s routers].'

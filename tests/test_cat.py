@@ -164,3 +164,60 @@ def test_unfreezing_folds_alpha_into_b_and_then_trains_the_factors_only(base_dir
     assert not torch.allclose(tuned, before, atol=1e-3)
     deltas = {name: B @ A for name, (A, B) in layer.live_factors(model).items()}
     assert torch.allclose(tuned, delta_logits(base_dir, deltas), atol=1e-5)
+
+
+def test_rank_groups_give_each_module_one_row_per_slot():
+    names = ["model.layers.0.mlp.up_proj", "model.layers.0.self_attn.q_proj"]
+    labels, first = table.groups(names, "rank", {names[0]: 2, names[1]: 3})
+    assert labels == [f"{names[0]}#0", f"{names[0]}#1", f"{names[1]}#0", f"{names[1]}#1", f"{names[1]}#2"]
+    assert first == {names[0]: 0, names[1]: 2}
+    with pytest.raises(ValueError, match="rank"):
+        table.groups(names, "rank")
+
+
+def _slot_deltas(adapters, values, group):
+    """Σ_i Σ_j α[first + j, i] · s_i · b_ij a_ijᵀ per module, one rank-1 product at a time."""
+    deltas = {}
+    for name, first in group.items():
+        for i, a in enumerate(adapters):
+            m = a.modules.get(name)
+            for j in range(m.rank if m is not None else 0):
+                term = values[first + j, i] * m.scale * torch.outer(m.B[:, j].float(), m.A[j].float())
+                deltas[name] = deltas.get(name, 0) + term
+    return deltas
+
+
+@pytest.mark.parametrize("param", ["free", "softmax"])
+def test_rank_slot_alpha_weighs_every_rank_one_component_and_folds_exactly(base_dir, three, param):
+    """Ranks 4, 6 and 2 (c on q and v only): slots 4-5 hold b alone, so with softmax b's share there
+    is 1 (and learns nothing) and a's and c's cells are None; the gradient stays finite everywhere."""
+    model, adapters, alpha, labels, group = _wrapped(base_dir, three, granularity="rank", param=param)
+    assert alpha.raw.shape == (len(labels), 3) and len(labels) == 6 * len(group)
+    with torch.no_grad():
+        alpha.raw.uniform_(-1, 2, generator=torch.Generator().manual_seed(5))
+    rows = layer.group_table(adapters, alpha.raw.detach(), param, group, "rank")
+    q = group["model.layers.0.self_attn.q_proj"]
+    assert rows[q + 4][0] is None and rows[q + 4][2] is None and rows[q + 2][2] is None and rows[q + 1][2] is not None
+    values = torch.tensor([[0.0 if v is None else v for v in row] for row in rows])
+    if param == "softmax":
+        assert rows[q + 5][1] == pytest.approx(1.0) and values[q].sum() == pytest.approx(1.0)
+    deltas = _slot_deltas(adapters, values, group)
+    assert torch.allclose(logits(model), delta_logits(base_dir, deltas), atol=1e-5)
+    folded = layer.folded_factors(adapters, alpha.raw.detach(), param, group, "rank")
+    for name, (A, B) in folded.items():
+        assert A.shape[0] == sum(a.modules[name].rank for a in adapters if name in a.modules)
+        assert torch.allclose(B @ A, deltas[name], atol=1e-6), name
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert torch.isfinite(alpha.raw.grad).all() and alpha.raw.grad[q, 0].abs() > 0
+    alone = alpha.raw.grad[q + 5, 1].abs()  # b alone in slot 5: its softmax share is fixed at 1
+    assert alone == 0 if param == "softmax" else alone > 0
+
+
+def test_rank_slot_alpha_at_one_is_the_plain_sum(base_dir, three):
+    model, adapters, _, _, _ = _wrapped(base_dir, three, granularity="rank", init=1.0)
+    deltas = {}
+    for a in adapters:
+        for name, m in a.modules.items():
+            deltas[name] = deltas.get(name, 0) + m.delta()
+    assert torch.allclose(logits(model), delta_logits(base_dir, deltas), atol=1e-5)

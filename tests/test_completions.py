@@ -129,7 +129,7 @@ def test_bash_offers_the_values_of_choice_options():
     from loramix.evaluate.metrics import METRICS
 
     assert sorted(bash_complete("loramix", "eval", "--metric", "")) == sorted(METRICS)
-    assert sorted(bash_complete("loramix", "fit-cat", "--granularity", "")) == ["global", "layer", "module"]
+    assert sorted(bash_complete("loramix", "fit-cat", "--granularity", "")) == ["global", "layer", "module", "rank"]
 
 
 def test_bash_offers_the_registered_merge_methods():

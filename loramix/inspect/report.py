@@ -120,15 +120,33 @@ def adapter_report(adapter: Adapter) -> AdapterSummary:
 
 def cat_heatmap(report: FitReport) -> Grid:
     """fit-cat's α table as a grid: layers (or the one global row) down, adapters across; for
-    module granularity, adapter × module kind across. None where an adapter has no module."""
+    module granularity, adapter × module kind across (for rank granularity, each module's mean over
+    its rank slots). None where an adapter has no module."""
     names = [a.name for a in report.adapters]
-    if report.granularity != "module":
+    if report.granularity not in ("module", "rank"):
         return Grid(list(report.groups), names, report.alpha)
-    grids = [grid({m: row[i] for m, row in zip(report.groups, report.alpha)}) for i in range(len(names))]
+    per_module = dict(zip(report.groups, report.alpha))
+    if report.granularity == "rank":
+        per_module = slot_means(report.groups, report.alpha, len(names))
+    grids = [grid({m: row[i] for m, row in per_module.items()}) for i in range(len(names))]
     cols = [f"{name} {col}" for name, g in zip(names, grids) for col in g.cols]
     values = [[v for g in grids for v in g.values[r]] for r in range(len(grids[0].rows))]
     keep = [j for j in range(len(cols)) if any(row[j] is not None for row in values)]  # kinds an adapter has
     return Grid(grids[0].rows, [cols[j] for j in keep], [[row[j] for j in keep] for row in values])
+
+
+def slot_means(labels: list[str], alpha: list[list], k: int) -> dict[str, list]:
+    """{module: mean α per adapter over its rank slots (None where it has none)} of a rank-slot table."""
+    from loramix.soup.table import SLOT_MARK
+
+    values: dict[str, list[list[float]]] = {}
+    for label, row in zip(labels, alpha):
+        module = label.rpartition(SLOT_MARK)[0]
+        cells = values.setdefault(module, [[] for _ in range(k)])
+        for i, v in enumerate(row):
+            if v is not None:
+                cells[i].append(v)
+    return {m: [sum(c) / len(c) if c else None for c in cells] for m, cells in values.items()}
 
 
 def cat_view(path: str, table: dict) -> CatView:

@@ -285,7 +285,7 @@ def write(f: Fitting, history: loop.History, interrupted: bool = False, tuned=No
 
     c, raw = f.config, chosen(f)
     if tuned is None:
-        factors = layer.folded_factors(f.adapters, raw, c.param, f.group)
+        factors = layer.folded_factors(f.adapters, raw, c.param, f.group, c.granularity)
     else:
         factors = layer.live_factors(f.run.model)
     factors, errors = truncate(factors, c.rank)
@@ -347,7 +347,7 @@ def fit_report(f: Fitting, raw, history: loop.History, interrupted: bool) -> Fit
         init=c.init,
         adapters=[SkillAdapter(a.name, str(Path(a.path).resolve()), a.sha256()) for a in f.adapters],
         groups=f.labels,
-        alpha=layer.group_table(f.adapters, raw, c.param, f.group) if raw is not None else [],
+        alpha=layer.group_table(f.adapters, raw, c.param, f.group, c.granularity) if raw is not None else [],
         # without validation rows CAT writes its last α; the other methods keep their best
         chosen_step=f.best["step"] if f.best["val_loss"] is not None or c.method != "cat" else len(history.loss),
         best_val_loss=f.best["val_loss"],

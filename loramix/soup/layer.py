@@ -5,10 +5,12 @@ During fitting every wrapped linear runs one concatenated low-rank product inste
 passes (shapes for k adapters of ranks r_i, R = Σ r_i):
 
     h = x · A_catᵀ                 (..., R)      A_cat = stack(A_i)        (R, in)
-    h = h ⊙ (α[group, owner] · s)  (..., R)      owner: adapter of each rank slot, s: its scale
+    h = h ⊙ (α[row, owner] · s)    (..., R)      owner: adapter of each rank slot, s: its scale
     y = base(x) + h · B_catᵀ       (..., out)    B_cat = concat(B_i)       (out, R)
 
-so W = W0 + Σ_i α_i^(group) · s_i · B_i · A_i exactly (docs/architecture.md, CAT).
+so W = W0 + Σ_i α_i^(group) · s_i · B_i · A_i exactly (docs/architecture.md, CAT). `row` is the
+module's group for every slot, except with granularity "rank", where slot j of each adapter has a
+row of its own: W = W0 + Σ_i Σ_j α_ij · s_i · b_ij · a_ijᵀ, still one adapter of rank R.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class CatAlpha(nn.Module):
 
 def alpha_values(raw: torch.Tensor, param: str, present: torch.Tensor | None = None) -> torch.Tensor:
     """α (groups, k) from the trained tensor: raw itself, or a softmax over the adapters that are
-    `present` (a (k,) bool mask: where an adapter lacks a module, the others share all of α)."""
+    `present` (a (k,) or (groups, k) bool mask: where an adapter lacks a module, or a rank slot, the
+    others share all of α)."""
     if param == "free":
         return raw
     if present is not None:
@@ -55,18 +58,20 @@ class CatLinear(nn.Module):
         scale: torch.Tensor,
         owner: torch.Tensor,
         alpha: CatAlpha,
-        group: int,
+        row: torch.Tensor,
         present: torch.Tensor,
     ):
         super().__init__()
-        self.base, self.alpha, self.group = base, [alpha], group  # a list: α is owned by the model once
-        self.register_buffer("present", present)  # (k,) which adapters have this module
+        self.base, self.alpha = base, [alpha]  # a list: α is owned by the model once
+        self.register_buffer("present", present)  # (k,) or (groups, k): which adapters have this module
+        self.register_buffer("row", row)  # (R,) the α row of each rank slot
         self.register_buffer("A", A)  # (R, in)
         self.register_buffer("B", B)  # (out, R)
         self.register_buffer("scale", scale)  # (R,)
         self.register_buffer("owner", owner)  # (R,) adapter index of each rank slot
 
     present: torch.Tensor
+    row: torch.Tensor
     A: torch.Tensor
     B: torch.Tensor
     scale: torch.Tensor
@@ -75,8 +80,8 @@ class CatLinear(nn.Module):
     tuned: bool = False  # after unfreeze(): A and B are trained, α·s is folded into B
 
     def coef(self) -> torch.Tensor:
-        """(R,) α of each rank slot's adapter times its scale."""
-        return self.alpha[0](self.present)[self.group].index_select(0, self.owner) * self.scale
+        """(R,) α of each rank slot (its row, its adapter) times its scale."""
+        return self.alpha[0](self.present)[self.row, self.owner] * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -108,6 +113,26 @@ def present_mask(modules: list) -> torch.Tensor:
     return torch.tensor([m is not None for m in modules])
 
 
+def slot_rows(modules: list, first: int, per_slot: bool) -> torch.Tensor:
+    """(R,) the α row of each rank slot of concatenate(modules): the module's group `first`, or with
+    per_slot (granularity "rank") first + j for an adapter's j-th slot."""
+    present = [m for m in modules if m is not None]
+    if not per_slot:
+        return torch.full((sum(m.rank for m in present),), first, dtype=torch.long)
+    return torch.cat([first + torch.arange(m.rank) for m in present])
+
+
+def slot_presence(modules: list, first: int, n_groups: int) -> torch.Tensor:
+    """(n_groups, k) bool for a rank-slot module: row first + j marks the adapters with a j-th slot
+    there; every other row is all True, so a softmax over it stays finite (it is never read)."""
+    mask = torch.ones(n_groups, len(modules), dtype=torch.bool)
+    rows = max(m.rank for m in modules if m is not None)
+    mask[first : first + rows] = torch.stack(
+        [torch.tensor([m is not None and m.rank > j for m in modules]) for j in range(rows)]
+    )
+    return mask
+
+
 def fold(modules: list, alpha_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One module's merged factors: A = stack(A_i), B = concat(α_i · s_i · B_i) (exact): the
     linear merge's concatenation with α as the weights."""
@@ -118,15 +143,29 @@ def fold(modules: list, alpha_row: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return concat_factors([(a, b, s) for a, b, s, _ in present], [w for *_, w in present])
 
 
+def fold_slots(modules: list, values: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rank-slot module's merged factors: A = stack(A_i), B's column of adapter i's slot j scaled by
+    α[first + j, i] · s_i (exact)."""
+    A, B, scale, owner = concatenate(modules)
+    coef = values.detach().float()[slot_rows(modules, first, True), owner] * scale
+    return A, B * coef
+
+
+def largest_ranks(adapters: list, names: list[str]) -> dict[str, int]:
+    return {n: max(a.modules[n].rank for a in adapters if n in a.modules) for n in names}
+
+
 def wrap(
     model: nn.Module, adapters: list, granularity: str = "layer", param: str = "free", init: float = 1.0
 ) -> tuple[CatAlpha, list[str], dict[str, int]]:
     """Replace every linear any adapter targets by a CatLinear sharing one CatAlpha (registered on
-    the model as `cat_alpha`); freeze everything else. Returns (α, group labels, module -> group)."""
+    the model as `cat_alpha`); freeze everything else. Returns (α, group labels, module -> group:
+    with granularity "rank", the row of its slot 0)."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, not {granularity!r}")
     names = sorted({name for a in adapters for name in a.modules})
-    labels, group = groups(names, granularity)
+    per_slot = granularity == "rank"
+    labels, group = groups(names, granularity, largest_ranks(adapters, names) if per_slot else None)
     for p in model.parameters():
         p.requires_grad_(False)
     device = next(model.parameters()).device
@@ -137,10 +176,12 @@ def wrap(
         base = model.get_submodule(name)
         modules = [a.modules.get(name) for a in adapters]
         A, B, scale, owner = concatenate(modules, device=device)
+        present = slot_presence(modules, group[name], len(labels)) if per_slot else present_mask(modules)
+        rows = slot_rows(modules, group[name], per_slot)
         setattr(
             model.get_submodule(parent) if parent else model,
             child,
-            CatLinear(base, A, B, scale, owner, alpha, group[name], present_mask(modules).to(device)),
+            CatLinear(base, A, B, scale, owner, alpha, rows.to(device), present.to(device)),
         )
     return alpha, labels, group
 
@@ -165,22 +206,34 @@ def live_factors(model: nn.Module) -> dict[str, tuple]:
     return out
 
 
-def folded_factors(adapters: list, raw: torch.Tensor, param: str, group: dict[str, int]) -> dict[str, tuple]:
+def folded_factors(
+    adapters: list, raw: torch.Tensor, param: str, group: dict[str, int], granularity: str = "module"
+) -> dict[str, tuple]:
     """{module: (A, B)} of the merged adapter (scale 1, float32): α·s folded into B, rank Σ r_i."""
     out = {}
     for name, g in group.items():
         modules = [a.modules.get(name) for a in adapters]
-        out[name] = fold(modules, alpha_values(raw, param, present_mask(modules))[g])
+        if granularity == "rank":
+            out[name] = fold_slots(modules, alpha_values(raw, param, slot_presence(modules, g, len(raw))), g)
+        else:
+            out[name] = fold(modules, alpha_values(raw, param, present_mask(modules))[g])
     return out
 
 
-def group_table(adapters: list, raw: torch.Tensor, param: str, group: dict[str, int]) -> list[list]:
-    """α per group and adapter for reports; None where an adapter has no module in the group
-    (with softmax, the share among the adapters present in the group)."""
+def group_table(
+    adapters: list, raw: torch.Tensor, param: str, group: dict[str, int], granularity: str = "module"
+) -> list[list]:
+    """α per group and adapter for reports; None where an adapter has no module (or rank slot) in
+    the group (with softmax, the share among the adapters present in the group)."""
     n_groups, k = raw.shape
     present = torch.zeros(n_groups, k, dtype=torch.bool)
     for name, g in group.items():
-        present[g] |= present_mask([a.modules.get(name) for a in adapters])
+        modules = [a.modules.get(name) for a in adapters]
+        if granularity == "rank":
+            rows = max(m.rank for m in modules if m is not None)
+            present[g : g + rows] = slot_presence(modules, g, n_groups)[g : g + rows]
+        else:
+            present[g] |= present_mask(modules)
     rows = []
     for g in range(n_groups):
         values = alpha_values(raw[g : g + 1], param, present[g])[0].tolist()

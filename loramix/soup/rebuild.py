@@ -26,6 +26,12 @@ def rebuild(req: MergeRequest, progress: Callable = no_progress) -> MergeReport:
             f"{table.table_path(file)}: comes from fit-cat -m tuned-cat, whose adapter was trained after α was fitted",
             hint="its α alone does not rebuild it; use the adapter fit-cat wrote",
         )
+    if doc["granularity"] == "rank":
+        raise InputError(
+            f"{table.table_path(file)}: holds one α per rank slot, which a merge (one weight per adapter per "
+            "module) cannot apply",
+            hint="use the adapter fit-cat wrote beside it",
+        )
     if not req.adapters:
         req.adapters = table.recorded_paths(doc, file)
 

@@ -1,8 +1,10 @@
 """fit-cat's α table (`cat_weights.json`) read back: checked, matched to its adapters, and turned
 into one weight per adapter per module for `merge -m cat --cat-weights FILE`.
 
-The table holds α per group (layer, module or "all") and adapter, null where an adapter has no
-module in the group. With `--param softmax` a group's α is the softmax over the adapters present
+The table holds α per group (layer, module, "all", or a module's rank slot "MODULE#j") and
+adapter, null where an adapter has no module in the group. A rank-slot table weighs each adapter's
+j-th rank-1 component s·b_j·a_jᵀ of the module on its own: merge's one weight per adapter per
+module cannot express it, so only the adapter fit-cat wrote holds that result. With `--param softmax` a group's α is the softmax over the adapters present
 in the group; a module that some of them lack shares α among the ones it has, which is the group's
 α renormalised over them (a softmax restricted to a subset is the renormalised softmax).
 """
@@ -19,14 +21,17 @@ from loramix.core.errors import InputError
 from loramix.core.modules import parse
 
 TABLE_NAME = "cat_weights.json"
+SLOT_MARK = "#"  # a rank-slot group's label: MODULE#j
 
 
 class Granularity(str, Enum):
-    """One α per adapter per layer (the paper's choice), per module (its released code), or one overall."""
+    """One α per adapter per layer (the paper's choice), per module (its released code), one overall,
+    or one per rank-1 component of each adapter's module (rank)."""
 
     layer = "layer"
     module = "module"
     global_ = "global"
+    rank = "rank"
 
 
 class Param(str, Enum):
@@ -147,8 +152,20 @@ def layer_of(module: str) -> int:
     return layer
 
 
-def groups(modules: list[str], granularity: str) -> tuple[list[str], dict[str, int]]:
-    """(group labels, module -> group index) for the chosen granularity."""
+def groups(
+    modules: list[str], granularity: str, ranks: dict[str, int] | None = None
+) -> tuple[list[str], dict[str, int]]:
+    """(group labels, module -> group index) for the chosen granularity. With "rank" a module owns
+    ranks[module] consecutive groups, one per rank slot j ("MODULE#j"), and maps to the first."""
+    if granularity == "rank":
+        if ranks is None:
+            raise ValueError("granularity 'rank' needs each module's largest rank")
+        labels: list[str] = []
+        first: dict[str, int] = {}
+        for m in modules:
+            first[m] = len(labels)
+            labels += [f"{m}{SLOT_MARK}{j}" for j in range(ranks[m])]
+        return labels, first
     if granularity == "global":
         return ["all"], dict.fromkeys(modules, 0)
     if granularity == "module":

@@ -22,8 +22,8 @@ FIT = ["--data", "builtin:math", "--fraction", "0.01", "--batch-size", "8", "--v
 @pytest.fixture(scope="module")
 def soups(tmp_path_factory):
     """Two random adapters on loramix-tiny (different ranks and targets, one with a rank_pattern) and
-    three fit-cat results on them: layer/free, layer/softmax (a layer where b lacks modules shares
-    α among the adapters each module has) and module/softmax."""
+    four fit-cat results on them: layer/free, layer/softmax (a layer where b lacks modules shares
+    α among the adapters each module has), module/softmax and rank/free."""
     root = tmp_path_factory.mktemp("cat-weights")
     base = models.bundled_path()
     a = make_adapter(base, root / "a", r=4, alpha=8, seed=1, scale_b=0.1)
@@ -47,6 +47,7 @@ def soups(tmp_path_factory):
         ("layer", ["--granularity", "layer", "--init", "1", "--lr", "0.2"]),
         ("softmax", ["--granularity", "layer", "--param", "softmax", "--lr", "1"]),
         ("module", ["--granularity", "module", "--param", "softmax", "--lr", "1"]),
+        ("rank", ["--granularity", "rank", "--lr", "0.2"]),
     ):
         result = runner.invoke(app, ["fit-cat", str(a), str(b), *FIT, "--steps", "3", *extra, "-o", str(root / name)])
         assert result.exit_code == 0, result.stderr
@@ -225,3 +226,33 @@ def test_inspect_shows_a_hand_made_table(soups, tmp_path):
     result = runner.invoke(app, ["inspect", str(tmp_path / "t.json")])
     assert result.exit_code == 0, result.stderr
     assert "0.7" in result.stdout and "0.2" in result.stdout and "global, free" in result.stdout
+
+
+def test_a_rank_slot_fit_weighs_each_component_and_merge_refuses_its_table(soups, tmp_path):
+    """Ranks a 4, b 2 (v_proj 6): q_proj has 4 slot rows with b's cells null from slot 2, v_proj 6
+    with a's null from slot 4; the adapter written is Σ α[slot j, i] · s_i · b_ij a_ijᵀ."""
+    doc = json.loads((soups["rank"] / "cat_weights.json").read_text())
+    alpha = dict(zip(doc["groups"], doc["alpha"]))
+    q, v = "model.layers.2.self_attn.q_proj", "model.layers.2.self_attn.v_proj"
+    assert [f"{q}#{j}" in alpha for j in range(5)] == [True] * 4 + [False]
+    assert alpha[f"{q}#2"][1] is None and alpha[f"{v}#4"][0] is None and alpha[f"{v}#5"][1] is not None
+    moved = [x for row in doc["alpha"] for x in row if x is not None]
+    assert max(abs(x - moved[0]) for x in moved) > 1e-3
+    skills = [read_adapter(soups["a"]), read_adapter(soups["b"])]
+    fitted = _deltas(soups["rank"])
+    assert len(fitted) == 56
+    for name, delta in fitted.items():
+        expected = sum(
+            alpha[f"{name}#{j}"][i] * m.scale * torch.outer(m.B[:, j].float(), m.A[j].float())
+            for i, m in enumerate(s.modules.get(name) for s in skills)
+            if m is not None
+            for j in range(m.rank)
+        )
+        assert torch.allclose(delta, expected, rtol=1e-5, atol=1e-7), name
+    result = _merge("-m", "cat", "--cat-weights", soups["rank"], "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "one α per rank slot" in result.stderr
+    assert not (tmp_path / "out").exists()
+    grid = json.loads(runner.invoke(app, ["inspect", str(soups["rank"]), "--json"]).stdout)["heatmap"]
+    a_v = sum(alpha[f"{v}#{j}"][0] for j in range(4)) / 4
+    assert grid["values"][2][2] == pytest.approx(a_v) and len(grid["rows"]) == 8
+    assert "mean over rank slots" in runner.invoke(app, ["inspect", str(soups["rank"])]).stdout

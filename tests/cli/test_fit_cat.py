@@ -190,7 +190,7 @@ def test_four_bit_base_fits_on_the_cpu(skills, tmp_path):
     [
         (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
         (["--fraction", "1.5"], "--fraction 1.5: must be in (0, 1]"),
-        (["--granularity", "block"], "'block' is not one of 'layer', 'module', 'global'"),
+        (["--granularity", "block"], "'block' is not one of 'layer', 'module', 'global', 'rank'"),
         (["--param", "sigmoid"], "'sigmoid' is not one of 'free', 'softmax'"),
         (["--rank", "0"], "--rank 0: must be at least 1"),
         (["--init", "nan"], "--init nan: must be a finite number"),

@@ -178,7 +178,12 @@ def cat_view(r: FitReport, out: str, color: bool) -> list:
     if r.seconds is not None:
         rows.append(("time", f"{fmt_seconds(r.seconds)}, {r.tokens or 0:,} tokens"))
     g = cat_heatmap(r)
-    title = {"layer": "α per layer", "module": "α per layer and module", "global": "α"}[r.granularity]
+    title = {
+        "layer": "α per layer",
+        "module": "α per layer and module",
+        "global": "α",
+        "rank": "α per layer and module, mean over rank slots",
+    }[r.granularity]
     if r.method in ("moe", "arrow"):
         title = "mean routing share per layer (validation tokens)"
         rows[0] = ("mixture", out)
