@@ -21,7 +21,7 @@ _loramix_cmd_data() {
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--limit -n --dump --fraction --seed --force -f --json --help -h'
+        _loramix_reply -W '--limit -n --dump --fraction --balance --seed --force -f --json --help -h'
     fi
 }
 
@@ -103,7 +103,7 @@ _loramix_cmd_fit_cat() {
         --seed) return ;;
     esac
     if [[ "$cur" == -* ]]; then
-        _loramix_reply -W '--data -d --out -o --method -m --fraction --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --tune-epochs --tune-lr --budget --top-k --temperature --profile --rank -r --base -b --load-in-4bit --fsdp --dtype --device --threads --seed --force -f --json --help -h'
+        _loramix_reply -W '--data -d --out -o --method -m --fraction --balance --granularity --param --init --lr --epochs --steps --batch-size --grad-accum --max-length --val-fraction --tune-epochs --tune-lr --budget --top-k --temperature --profile --rank -r --base -b --load-in-4bit --fsdp --dtype --device --threads --seed --force -f --json --help -h'
     else
         compopt -o filenames 2>/dev/null; _loramix_reply -f
     fi

@@ -25,6 +25,9 @@ def data(
     fraction: Optional[float] = typer.Option(
         None, "--fraction", help="Keep this share of each source: the rows fit-cat --fraction --seed uses."
     ),
+    balance: bool = typer.Option(
+        False, "--balance", help="With --fraction: the same total split evenly across the sources (fit-cat --balance)."
+    ),
     seed: int = options.seed("the --fraction sample (the same as fit-cat's)"),
     force: bool = options.force("--dump"),
     json_out: bool = options.json_out("a table or JSONL lines"),
@@ -40,14 +43,19 @@ def data(
     Example: loramix data builtin:math-code:eval --limit 3
 
     Example: loramix data builtin:math builtin:code --fraction 0.05 --dump sample.jsonl
+
+    Example: loramix data builtin:manual builtin:instruct --fraction 0.05 --balance --dump even.jsonl
     """
     from loramix.cli.render import console
     from loramix.core import data as datasets
+    from loramix.core.errors import InputError
 
     if not sources:
         _list(json_out)
         return
-    dataset = _rows(list(sources), limit, fraction, seed, shown=5 if dump is None else None)
+    if balance and fraction is None:
+        raise InputError("--balance splits the --fraction sample; give --fraction too")
+    dataset = _rows(list(sources), limit, fraction, seed, shown=5 if dump is None else None, balance=balance)
     if dump is not None:
         n = datasets.dump(dataset, dump, force, list(sources))
         console.stderr().print(f"wrote {n} rows to {dump}", highlight=False)
@@ -59,14 +67,16 @@ def data(
         typer.echo(line)
 
 
-def _rows(sources: list[str], limit: int | None, fraction: float | None, seed: int, shown: int | None):
+def _rows(
+    sources: list[str], limit: int | None, fraction: float | None, seed: int, shown: int | None, balance: bool = False
+):
     """One data set: the sources one after the other, each cut to --fraction (fit-cat's sample) if
     given, the whole cut to --limit (or to `shown` rows when they are only shown)."""
     from loramix.core import data as datasets
     from loramix.core.errors import InputError
 
     if fraction is not None:
-        parts = [rows for _, rows in datasets.sample(sources, fraction, seed)]
+        parts = [rows for _, rows in datasets.sample(sources, fraction, seed, balance)]
     else:
         parts = [datasets.load(s, limit if len(sources) == 1 else None).rows for s in sources]
     rows = [row for part in parts for row in part]

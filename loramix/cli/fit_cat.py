@@ -34,6 +34,12 @@ def fit_cat(
         "scores.",
     ),
     fraction: float = typer.Option(0.05, "--fraction", help="Share of each --data set used (the paper: 5%)."),
+    balance: bool = typer.Option(
+        False,
+        "--balance",
+        help="Split the sample's rows (Σ --fraction × rows) evenly across the --data sets, so a large set "
+        "does not outweigh a small one.",
+    ),
     granularity: Granularity = typer.Option(
         "module",
         "--granularity",
@@ -108,6 +114,7 @@ def fit_cat(
         method=method.value,
         base=base,
         fraction=fraction,
+        balance=balance,
         granularity=granularity.value,
         param=param.value,
         init=init,

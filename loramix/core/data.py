@@ -248,19 +248,24 @@ def tokenize_all(rows: list[dict], tokenizer, max_length: int, label: str) -> li
     return kept
 
 
-def sample(sources: list[str], fraction: float, seed: int) -> list[tuple[Dataset, list[dict]]]:
+def sample(sources: list[str], fraction: float, seed: int, balance: bool = False) -> list[tuple[Dataset, list[dict]]]:
     """`fraction` of each source: a seeded sample of at least one row per source, in file order
     (the rows fit-cat --fraction --seed learns from, and `loramix data --fraction --seed` writes).
-    One generator runs through the sources in order, so the sample of each depends on those before."""
+    One generator runs through the sources in order, so the sample of each depends on those before.
+    With `balance` the same total is split evenly: every source gives ceil(total / sources) rows
+    (all of its rows if it has fewer), so a large set no longer outweighs a small one."""
     import math
     import random
 
     if not 0 < fraction <= 1:
         raise InputError(f"--fraction {fraction}: must be in (0, 1]")
+    datasets = [load(source) for source in sources]
+    counts = [max(1, math.ceil(fraction * len(d.rows))) for d in datasets]
+    if balance:
+        share = math.ceil(sum(counts) / len(counts))
+        counts = [min(share, len(d.rows)) for d in datasets]
     rng, out = random.Random(seed), []
-    for source in sources:
-        dataset = load(source)
-        n = max(1, math.ceil(fraction * len(dataset.rows)))
+    for dataset, n in zip(datasets, counts):
         chosen = sorted(rng.sample(range(len(dataset.rows)), n))
         out.append((dataset, [dataset.rows[i] for i in chosen]))
     return out

@@ -51,6 +51,7 @@ class CatConfig:
     method: str = "cat"  # cat | lorahub | moe | arrow
     base: str | None = None  # default: the base the adapters record
     fraction: float = 0.05
+    balance: bool = False  # split the sample's rows evenly across the --data sources
     granularity: str = "module"  # bench/results/compose.md, recipe study: module beat layer on held-out seeds
     param: str = "free"
     init: float | None = None  # α's start [default: 1/k, the average of the skills]
@@ -156,11 +157,12 @@ def check_options(c: CatConfig) -> None:
 
 
 def sample_rows(c: CatConfig) -> tuple[list[tuple[str, list[dict]]], list[DataSample]]:
-    """`--fraction` of each --data set: a seeded sample of at least one row, per source."""
+    """`--fraction` of each --data set: a seeded sample of at least one row, per source (with
+    --balance, the same total split evenly across the sources)."""
     from loramix.core import data
 
     samples, sources = [], []
-    for dataset, rows in data.sample(c.data, c.fraction, c.seed):
+    for dataset, rows in data.sample(c.data, c.fraction, c.seed, c.balance):
         data.warn_held_out(dataset.source)
         samples.append((dataset.source, rows))
         sources.append(DataSample(dataset.source, len(dataset.rows), len(rows), dataset.digest))
@@ -353,6 +355,7 @@ def fit_report(f: Fitting, raw, history: loop.History, interrupted: bool) -> Fit
         best_val_loss=f.best["val_loss"],
         data=f.sources,
         fraction=c.fraction,
+        balance=c.balance,
         seed=c.seed,
         lr=c.lr,
         batch_size=c.batch_size,

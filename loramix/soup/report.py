@@ -43,6 +43,7 @@ class FitReport:
     best_val_loss: float | None = None
     data: list[DataSample] = field(default_factory=list)
     fraction: float | None = None
+    balance: bool | None = None  # --balance: the sample's rows split evenly across the sources
     seed: int | None = None
     lr: float | None = None
     batch_size: int | None = None
@@ -85,6 +86,7 @@ class FitReport:
             "best_val_loss": self.best_val_loss,
             "data": [asdict(d) for d in self.data],
             "fraction": self.fraction,
+            "balance": self.balance,
             "seed": self.seed,
             "lr": self.lr,
             "batch_size": self.batch_size,

@@ -147,3 +147,52 @@ def test_data_fraction_writes_exactly_the_rows_fit_cat_samples(tmp_path):
     assert len(written) == sum(d.used for d in info) == 160
     other = sample_rows(CatConfig(adapters=[], data=sources, out=tmp_path / "x", fraction=0.02, seed=4))[0]
     assert written != [row for _, rows in other for row in rows]
+
+
+def test_balance_splits_the_same_total_evenly_and_data_writes_those_rows(tmp_path):
+    """manual has 8000 rows and instruct 4000: 2% is 160 + 80 rows, balanced 120 + 120, the same
+    240 in all; `data --balance` writes exactly fit-cat --balance's rows."""
+    from loramix.soup.fit import CatConfig, sample_rows
+
+    sources = ["builtin:manual", "builtin:instruct"]
+
+    def sample(balance):
+        config = CatConfig(adapters=[], data=sources, out=tmp_path / "x", fraction=0.02, seed=3, balance=balance)
+        return sample_rows(config)
+
+    plain, even = sample(False), sample(True)
+    assert [d.used for d in plain[1]] == [160, 80] and [d.used for d in even[1]] == [120, 120]
+    assert len({json.dumps(r) for _, rows in even[0] for r in rows}) == 240
+    out = tmp_path / "even.jsonl"
+    args = ["data", *sources, "--fraction", "0.02", "--seed", "3", "--balance", "--dump", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [r for _, rows in even[0] for r in rows]
+    refused = runner.invoke(app, ["data", *sources, "--balance", "--dump", str(tmp_path / "no.jsonl")])
+    assert refused.exit_code == 2 and "give --fraction too" in refused.stderr
+    assert not (tmp_path / "no.jsonl").exists()
+
+
+def test_balance_caps_a_source_at_the_rows_it_has():
+    from loramix.core import data
+
+    rows = [{"prompt": str(i), "completion": "x"} for i in range(10)]
+    small = data.Dataset("small", rows)
+    big = data.Dataset("big", rows * 100)
+    import unittest.mock as mock
+
+    with mock.patch.object(data, "load", side_effect=lambda s: {"small": small, "big": big}[s]):
+        parts = data.sample(["small", "big"], 0.5, seed=0, balance=True)
+    assert [len(p) for _, p in parts] == [10, 253]  # ceil((5 + 500) / 2) = 253; small has 10
+
+
+def test_fit_cat_records_a_balanced_sample(pair, tmp_path):
+    args = ["-d", "builtin:manual", "-d", "builtin:instruct", "--fraction", "0.01", "--balance", "--steps", "1"]
+    result = runner.invoke(
+        app,
+        ["fit-cat", *map(str, pair), *args, "--batch-size", "8", "--threads", "1", "-o", str(tmp_path / "o"), "--json"],
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["balance"] is True and [d["used"] for d in doc["data"]] == [60, 60]
+    assert doc["rows_train"] + doc["rows_val"] == 120

@@ -1,0 +1,113 @@
+"""fit-cat --balance on the QA bot: does splitting CAT's sample evenly between the two skills let
+cat and tuned-cat compose a manual's knowledge (builtin:manual, 8000 rows) with an answer format
+(builtin:instruct, 4000 rows)? By default 5% of each set is 400 manual rows against 200 instruct
+rows; --balance keeps the 600 and splits them 300:300.
+
+Usage (from the repository root, in the project's virtualenv):
+
+    python bench/balance.py                      # seeds 0, 1, 2, 200 eval items
+    python bench/balance.py --seeds 0 --eval 50  # a quick look
+
+Per seed: the two skill LoRAs (as in bench/compose_tasks.py, same seeds, so the same adapters), then
+cat and tuned-cat with and without --balance, all scored on qa-bot, manual and instruct, with
+qa-bot's answers split into "in instruct's format" and "right price". Each finished seed is saved to
+bench/results/balance.{json,md}; a rerun skips the seeds the JSON already holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compose import RESULTS, machine, meta, pct, quiet, save, say
+from compose_tasks import EXPERIMENTS, FRACTION, PARTS, score_models, slug, summarise, train
+
+SPEC = EXPERIMENTS["qa-bot"]
+FITS = {
+    "cat": {},
+    "cat --balance": {"balance": True},
+    "tuned-cat": {"method": "tuned-cat"},
+    "tuned-cat --balance": {"method": "tuned-cat", "balance": True},
+}
+
+
+def run_seed(args, seed: int) -> list[dict]:
+    from loramix.soup import fit, job
+
+    folder = args.work / f"seed{seed}"
+    sources = [f"builtin:{s}" for s in SPEC["skills"]]
+    models: list[tuple[str, Path | None, int | None]] = [("base", None, None)]
+    for skill in SPEC["skills"]:
+        if (folder / skill / "train_log.json").is_file():
+            steps = json.loads((folder / skill / "train_log.json").read_text()).get("steps")
+        else:
+            steps = train(args, f"builtin:{skill}", folder / skill, seed, limit=args.rows).steps
+        models.append((skill, folder / skill, steps))
+    adapters = [folder / s for s in SPEC["skills"]]
+    for name, options in FITS.items():
+        config = fit.CatConfig(
+            adapters=adapters,
+            data=sources,
+            out=folder / slug(name),
+            force=True,
+            seed=seed,
+            fraction=FRACTION,
+            **options,
+        )
+        fitted = job.run_fit(config, quiet)
+        models.append((name, folder / slug(name), fitted.steps))
+    return score_models(args, SPEC, folder, models)
+
+
+def markdown(doc: dict) -> str:
+    m = doc["meta"]
+    head = ["qa-bot", *SPEC["skills"], *(f"kept {s}" for s in SPEC["skills"]), *PARTS]
+    lines = [
+        "# fit-cat --balance on the QA bot",
+        "",
+        f"Machine: {doc['machine']}",
+        "",
+        f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}, {m['seconds']:.0f} s in the last call). "
+        f"Seeds {', '.join(str(r['seed']) for r in doc['runs'])}; 5% of each skill's rows (400 manual, 200 "
+        "instruct), or with --balance the same 600 rows split 300:300; accuracy in % (exact match), mean over "
+        f"the seeds (min–max), {m['eval']} eval items per task. kept: a skill's own-split accuracy as a share "
+        "of its LoRA's. The last two columns split qa-bot's answers: in instruct's sentence format (any "
+        "numbers), and holding the manual's `count * price` (any format).",
+        "",
+        "| model | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(head),
+    ]
+    lines += [f"| {r['model']} | " + " | ".join(pct(r.get(h)) for h in head) + " |" for r in doc["summary"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="fit-cat --balance on the QA bot (loramix-tiny).")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
+    p.add_argument("--eval", type=int, default=200, help="eval items per task")
+    p.add_argument("--work", type=Path, default=Path("/tmp/loramix-balance"), help="folder for the adapters")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--rows", type=int, default=None, help="training rows per skill [default: the skill's own]")
+    args = p.parse_args(argv)
+    from loramix.core import models
+
+    models.quiet_libraries()
+    path = args.results / "balance.json"
+    doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    began = time.perf_counter()
+    for seed in args.seeds:
+        if any(r["seed"] == seed for r in doc["runs"]):
+            continue
+        doc["runs"].append({"seed": seed, "rows": run_seed(args, seed)})
+        doc |= {"machine": machine(), "summary": summarise(SPEC, [r["rows"] for r in doc["runs"]])}
+        doc["meta"] = meta(args, time.perf_counter() - began)
+        save(args.results, "balance", doc, markdown)
+        say(f"seed {seed} saved")
+
+
+if __name__ == "__main__":
+    main()
