@@ -34,11 +34,13 @@ VARIANTS = {
     "lr 0.03": {"lr": 0.03},
     "lr 0.3": {"lr": 0.3},
     "3 epochs": {"epochs": 3},
+    "5 epochs": {"epochs": 5},
     "per layer (the paper's)": {"granularity": "layer"},
     "global": {"granularity": "global"},
     "per rank slot": {"granularity": "rank"},
     "per rank slot, lr 0.3": {"granularity": "rank", "lr": 0.3},
     "per rank slot, 3 epochs": {"granularity": "rank", "epochs": 3},
+    "per rank slot, 5 epochs": {"granularity": "rank", "epochs": 5},
 }
 
 
