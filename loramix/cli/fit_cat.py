@@ -45,7 +45,7 @@ def fit_cat(
         "--granularity",
         case_sensitive=False,
         help="One α per adapter per module (best in bench/compose.py), per layer (the paper's), global, or "
-        "rank (one per rank-1 component of each adapter's module; merge cannot rebuild it from the table).",
+        "rank (one per rank-1 component of each adapter's module).",
     ),
     param: Param = typer.Option(
         "free",

@@ -1,5 +1,6 @@
 """`merge -m cat --cat-weights TABLE`: rebuild a fit-cat adapter from its α table alone, through
-the merge job, with one weight per adapter per module (loramix.soup.table)."""
+the merge job, with one weight per adapter per module (loramix.soup.table); a rank-slot table
+first scales each adapter's B column by column."""
 
 from __future__ import annotations
 
@@ -26,17 +27,13 @@ def rebuild(req: MergeRequest, progress: Callable = no_progress) -> MergeReport:
             f"{table.table_path(file)}: comes from fit-cat -m tuned-cat, whose adapter was trained after α was fitted",
             hint="its α alone does not rebuild it; use the adapter fit-cat wrote",
         )
-    if doc["granularity"] == "rank":
-        raise InputError(
-            f"{table.table_path(file)}: holds one α per rank slot, which a merge (one weight per adapter per "
-            "module) cannot apply",
-            hint="use the adapter fit-cat wrote beside it",
-        )
     if not req.adapters:
         req.adapters = table.recorded_paths(doc, file)
 
     def per_module(adapters: list) -> dict[str, list[float]]:
         table.check_adapters(doc, adapters, file)
+        if doc["granularity"] == "rank":
+            return table.scale_slots(doc, adapters, file)
         return table.module_weights(doc, adapters, file)
 
     return run_merge(req, progress, per_module)

@@ -2,11 +2,12 @@
 into one weight per adapter per module for `merge -m cat --cat-weights FILE`.
 
 The table holds α per group (layer, module, "all", or a module's rank slot "MODULE#j") and
-adapter, null where an adapter has no module in the group. A rank-slot table weighs each adapter's
-j-th rank-1 component s·b_j·a_jᵀ of the module on its own: merge's one weight per adapter per
-module cannot express it, so only the adapter fit-cat wrote holds that result. With `--param softmax` a group's α is the softmax over the adapters present
-in the group; a module that some of them lack shares α among the ones it has, which is the group's
-α renormalised over them (a softmax restricted to a subset is the renormalised softmax).
+adapter, null where an adapter has no module in the group. With `--param softmax` a group's α is
+the softmax over the adapters present in the group; a module that some of them lack shares α among
+the ones it has, which is the group's α renormalised over them (a softmax restricted to a subset is
+the renormalised softmax). A rank-slot table weighs each adapter's j-th rank-1 component
+s·b_j·a_jᵀ of a module on its own: its rebuild scales column j of each B_i by the slot's α (the
+softmax shares are already those among the adapters that have the slot) and merges with weight 1.
 """
 
 from __future__ import annotations
@@ -180,6 +181,32 @@ def group_label(module: str, granularity: str) -> str:
     if granularity == "global":
         return "all"
     return module if granularity == "module" else str(layer_of(module))
+
+
+def scale_slots(doc: dict, adapters: list, file: Path) -> dict[str, list[float]]:
+    """A rank-slot table applied to the loaded `adapters` in place: column j of each module's B
+    scaled by α[MODULE#j, adapter]. Returns the weights that then merge them exactly: 1 per adapter
+    that has the module, 0 where it lacks it."""
+    import torch
+
+    index = {label: g for g, label in enumerate(doc["groups"])}
+    names = sorted({n for a in adapters for n in a.modules})
+    out = {}
+    for name in names:
+        for i, a in enumerate(adapters):
+            m = a.modules.get(name)
+            if m is None:
+                continue
+            column = []
+            for j in range(m.rank):
+                g = index.get(f"{name}{SLOT_MARK}{j}")
+                v = None if g is None else doc["alpha"][g][i]
+                if v is None:
+                    raise InputError(f"{table_path(file)}: has no α for slot {j} of {name} in adapter {i + 1}")
+                column.append(float(v))
+            m.B = m.B.float() * torch.tensor(column)
+        out[name] = [1.0 if name in a.modules else 0.0 for a in adapters]
+    return out
 
 
 def module_weights(doc: dict, adapters: list, file: Path) -> dict[str, list[float]]:

@@ -228,7 +228,7 @@ def test_inspect_shows_a_hand_made_table(soups, tmp_path):
     assert "0.7" in result.stdout and "0.2" in result.stdout and "global, free" in result.stdout
 
 
-def test_a_rank_slot_fit_weighs_each_component_and_merge_refuses_its_table(soups, tmp_path):
+def test_a_rank_slot_fit_weighs_each_component_and_its_table_rebuilds_it(soups, tmp_path):
     """Ranks a 4, b 2 (v_proj 6): q_proj has 4 slot rows with b's cells null from slot 2, v_proj 6
     with a's null from slot 4; the adapter written is Σ α[slot j, i] · s_i · b_ij a_ijᵀ."""
     doc = json.loads((soups["rank"] / "cat_weights.json").read_text())
@@ -249,8 +249,16 @@ def test_a_rank_slot_fit_weighs_each_component_and_merge_refuses_its_table(soups
             for j in range(m.rank)
         )
         assert torch.allclose(delta, expected, rtol=1e-5, atol=1e-7), name
-    result = _merge("-m", "cat", "--cat-weights", soups["rank"], "-o", tmp_path / "out")
-    assert result.exit_code == 2 and "one α per rank slot" in result.stderr
+    result = _merge("-m", "cat", "--cat-weights", soups["rank"], "-o", tmp_path / "rebuilt")
+    assert result.exit_code == 0, result.stderr
+    rebuilt = _deltas(tmp_path / "rebuilt")
+    assert rebuilt.keys() == fitted.keys()
+    for name in fitted:
+        assert torch.allclose(rebuilt[name], fitted[name], rtol=1e-5, atol=1e-7), name
+    doc["alpha"][doc["groups"].index(f"{v}#5")][1] = None  # b's slot 5 of v_proj left without α
+    (tmp_path / "holed.json").write_text(json.dumps(doc))
+    holed = _merge("--cat-weights", tmp_path / "holed.json", "-o", tmp_path / "out")
+    assert holed.exit_code == 2 and f"has no α for slot 5 of {v} in adapter 2" in holed.stderr
     assert not (tmp_path / "out").exists()
     grid = json.loads(runner.invoke(app, ["inspect", str(soups["rank"]), "--json"]).stdout)["heatmap"]
     a_v = sum(alpha[f"{v}#{j}"][0] for j in range(4)) / 4
