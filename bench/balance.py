@@ -11,7 +11,9 @@ Usage (from the repository root, in the project's virtualenv):
 Per seed: the two skill LoRAs (as in bench/compose_tasks.py, same seeds, so the same adapters), then
 cat and tuned-cat with and without --balance, all scored on qa-bot, manual and instruct, with
 qa-bot's answers split into "in instruct's format" and "right price". Each finished seed is saved to
-bench/results/balance.{json,md}; a rerun skips the seeds the JSON already holds.
+bench/results/balance.{json,md}; a rerun skips the seeds the JSON already holds. `--mix` then adds,
+to each seed already run, a data mix trained from scratch on the same balanced sample for as many
+steps as the full data mix (the equal-data counterpart).
 """
 
 from __future__ import annotations
@@ -63,17 +65,46 @@ def run_seed(args, seed: int) -> list[dict]:
     return score_models(args, SPEC, folder, models)
 
 
+MIX = "data mix, balanced 5% sample"
+MIX_STEPS = 713  # as many as the full data mix's (one epoch of all 12000 rows; bench/results/compose_tasks.json)
+
+
+def add_mix(args, run: dict) -> None:
+    """The equal-data counterpart of --balance: a LoRA trained from scratch on exactly the balanced
+    sample, for as many steps as the full data mix, scored like the rest and added to the run."""
+    from loramix.core import data
+
+    seed, folder = run["seed"], args.work / f"seed{run['seed']}"
+    sources = [f"builtin:{s}" for s in SPEC["skills"]]
+    rows = [r for _, part in data.sample(sources, FRACTION, seed, balance=True) for r in part]
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    data.dump(data.Dataset("balanced", rows), folder / "data/balanced.jsonl", force=True)
+    log = train(args, str(folder / "data/balanced.jsonl"), folder / slug(MIX), seed, max_steps=MIX_STEPS)
+    run["rows"] += score_models(args, SPEC, folder, [(MIX, folder / slug(MIX), log.steps)])
+
+
+def summary(runs: list[dict]) -> list[dict]:
+    """compose_tasks' summary over the models every seed has (the mix row may be missing in some)."""
+    common = set.intersection(*({row["model"] for row in run["rows"]} for run in runs))
+    return summarise(SPEC, [[row for row in run["rows"] if row["model"] in common] for run in runs])
+
+
 def markdown(doc: dict) -> str:
-    m = doc["meta"]
+    m = doc["calls"][0]
+    commands = "; ".join(
+        f"`{c['command']}` ({c['date']}, commit {c['commit']}, {c['seconds']:.0f} s)" for c in doc["calls"] if c
+    )
     head = ["qa-bot", *SPEC["skills"], *(f"kept {s}" for s in SPEC["skills"]), *PARTS]
     lines = [
         "# fit-cat --balance on the QA bot",
         "",
         f"Machine: {doc['machine']}",
         "",
-        f"Command: `{m['command']}` ({m['date']}, commit {m['commit']}, {m['seconds']:.0f} s in the last call). "
+        f"Commands: {commands}. "
         f"Seeds {', '.join(str(r['seed']) for r in doc['runs'])}; 5% of each skill's rows (400 manual, 200 "
-        "instruct), or with --balance the same 600 rows split 300:300; accuracy in % (exact match), mean over "
+        "instruct), or with --balance the same 600 rows split 300:300; the balanced data mix is a LoRA trained "
+        f"from scratch on that balanced sample for {MIX_STEPS} steps, as many as the full data mix in "
+        "bench/results/compose_tasks.md; accuracy in % (exact match), mean over "
         f"the seeds (min–max), {m['eval']} eval items per task. kept: a skill's own-split accuracy as a share "
         "of its LoRA's. The last two columns split qa-bot's answers: in instruct's sentence format (any "
         "numbers), and holding the manual's `count * price` (any format).",
@@ -92,6 +123,7 @@ def main(argv=None) -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/loramix-balance"), help="folder for the adapters")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--rows", type=int, default=None, help="training rows per skill [default: the skill's own]")
+    p.add_argument("--mix", action="store_true", help=f"add '{MIX}' to the seeds already run")
     args = p.parse_args(argv)
     from loramix.core import models
 
@@ -99,12 +131,19 @@ def main(argv=None) -> None:
     path = args.results / "balance.json"
     doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
     began = time.perf_counter()
+    calls = doc.setdefault("calls", [doc.pop("meta")] if "meta" in doc else [])
+    this = len(calls)
+    calls.append(None)
     for seed in args.seeds:
-        if any(r["seed"] == seed for r in doc["runs"]):
+        done = next((r for r in doc["runs"] if r["seed"] == seed), None)
+        if done is None:
+            doc["runs"].append({"seed": seed, "rows": run_seed(args, seed)})
+        elif args.mix and all(row["model"] != MIX for row in done["rows"]):
+            add_mix(args, done)
+        else:
             continue
-        doc["runs"].append({"seed": seed, "rows": run_seed(args, seed)})
-        doc |= {"machine": machine(), "summary": summarise(SPEC, [r["rows"] for r in doc["runs"]])}
-        doc["meta"] = meta(args, time.perf_counter() - began)
+        doc |= {"machine": machine(), "summary": summary(doc["runs"])}
+        calls[this] = meta(args, time.perf_counter() - began)
         save(args.results, "balance", doc, markdown)
         say(f"seed {seed} saved")
 
