@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compose import RESULTS, machine, meta, pct, quiet, save, say
-from compose_tasks import EXPERIMENTS, FRACTION, PARTS, score_models, slug, summarise, train
+from compose import RESULTS, machine, meta, pct, save, say
+from compose_tasks import EXPERIMENTS, FRACTION, PARTS, fit_all, score_models, slug, summarise, train
 
 SPEC = EXPERIMENTS["qa-bot"]
 FITS = {
@@ -38,8 +38,7 @@ FITS = {
 
 
 def run_seed(args, seed: int) -> list[dict]:
-    from loramix.soup import fit, job
-
+    """The skill LoRAs (reused when trained), the four fits, every model scored."""
     folder = args.work / f"seed{seed}"
     sources = [f"builtin:{s}" for s in SPEC["skills"]]
     models: list[tuple[str, Path | None, int | None]] = [("base", None, None)]
@@ -49,19 +48,7 @@ def run_seed(args, seed: int) -> list[dict]:
         else:
             steps = train(args, f"builtin:{skill}", folder / skill, seed, limit=args.rows).steps
         models.append((skill, folder / skill, steps))
-    adapters = [folder / s for s in SPEC["skills"]]
-    for name, options in FITS.items():
-        config = fit.CatConfig(
-            adapters=adapters,
-            data=sources,
-            out=folder / slug(name),
-            force=True,
-            seed=seed,
-            fraction=FRACTION,
-            **options,
-        )
-        fitted = job.run_fit(config, quiet)
-        models.append((name, folder / slug(name), fitted.steps))
+    models += fit_all(FITS, [folder / s for s in SPEC["skills"]], sources, folder, seed)
     return score_models(args, SPEC, folder, models)
 
 

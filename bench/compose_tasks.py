@@ -68,7 +68,6 @@ def run_seed(args, spec: dict, seed: int) -> list[dict]:
     """Every model of one seed, scored: [{"model", "folder", task: accuracy, ..., "steps"}]."""
     from loramix.core import data
     from loramix.merge.job import MergeRequest, run_merge
-    from loramix.soup import fit, job
 
     skills, folder = spec["skills"], args.work / args.experiment / f"seed{seed}"
     sources = [f"builtin:{s}" for s in skills]
@@ -95,7 +94,17 @@ def run_seed(args, spec: dict, seed: int) -> list[dict]:
             )
         )
         models.append((name, folder / slug(name), None))
-    for name, options in FITS.items():
+    models += fit_all(FITS, adapters, sources, folder, seed)
+    say(f"seed {seed}: trained and fitted in {time.perf_counter() - began:.0f} s")
+    return score_models(args, spec, folder, models)
+
+
+def fit_all(fits: dict, adapters: list[Path], sources: list[str], folder: Path, seed: int) -> list[tuple]:
+    """Each fit-cat variant (name -> options) on the same adapters and 5% sample: [(name, folder, steps)]."""
+    from loramix.soup import fit, job
+
+    out = []
+    for name, options in fits.items():
         config = fit.CatConfig(
             adapters=adapters,
             data=sources,
@@ -105,10 +114,8 @@ def run_seed(args, spec: dict, seed: int) -> list[dict]:
             fraction=FRACTION,
             **options,
         )
-        fitted = job.run_fit(config, quiet)
-        models.append((name, folder / slug(name), fitted.steps))
-    say(f"seed {seed}: trained and fitted in {time.perf_counter() - began:.0f} s")
-    return score_models(args, spec, folder, models)
+        out.append((name, folder / slug(name), job.run_fit(config, quiet).steps))
+    return out
 
 
 def score_models(args, spec: dict, folder: Path, models: list, old: list[dict] | None = None) -> list[dict]:
