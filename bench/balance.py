@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compose import RESULTS, machine, meta, pct, save, say
+from compose import RESULTS, commands, machine, meta, new_call, pct, save, say
 from compose_tasks import EXPERIMENTS, FRACTION, PARTS, fit_all, score_models, slug, summarise, train
 
 SPEC = EXPERIMENTS["qa-bot"]
@@ -78,16 +78,13 @@ def summary(runs: list[dict]) -> list[dict]:
 
 def markdown(doc: dict) -> str:
     m = doc["calls"][0]
-    commands = "; ".join(
-        f"`{c['command']}` ({c['date']}, commit {c['commit']}, {c['seconds']:.0f} s)" for c in doc["calls"] if c
-    )
     head = ["qa-bot", *SPEC["skills"], *(f"kept {s}" for s in SPEC["skills"]), *PARTS]
     lines = [
         "# fit-cat --balance on the QA bot",
         "",
         f"Machine: {doc['machine']}",
         "",
-        f"Commands: {commands}. "
+        f"Commands: {commands(doc)}. "
         f"Seeds {', '.join(str(r['seed']) for r in doc['runs'])}; 5% of each skill's rows (400 manual, 200 "
         "instruct), or with --balance the same 600 rows split 300:300; the balanced data mix is a LoRA trained "
         f"from scratch on that balanced sample for {MIX_STEPS} steps, as many as the full data mix in "
@@ -118,9 +115,7 @@ def main(argv=None) -> None:
     path = args.results / "balance.json"
     doc = json.loads(path.read_text()) if path.exists() else {"runs": []}
     began = time.perf_counter()
-    calls = doc.setdefault("calls", [doc.pop("meta")] if "meta" in doc else [])
-    this = len(calls)
-    calls.append(None)
+    this = new_call(doc)
     for seed in args.seeds:
         done = next((r for r in doc["runs"] if r["seed"] == seed), None)
         if done is None:
@@ -130,7 +125,7 @@ def main(argv=None) -> None:
         else:
             continue
         doc |= {"machine": machine(), "summary": summary(doc["runs"])}
-        calls[this] = meta(args, time.perf_counter() - began)
+        doc["calls"][this] = meta(args, time.perf_counter() - began)
         save(args.results, "balance", doc, markdown)
         say(f"seed {seed} saved")
 

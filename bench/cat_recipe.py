@@ -23,7 +23,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compose import RESULTS, TASKS, extra_folder, fit_variant, machine, meta, pct, quiet, save, spread
+from compose import (
+    RESULTS,
+    TASKS,
+    commands,
+    extra_folder,
+    fit_variant,
+    machine,
+    meta,
+    new_call,
+    pct,
+    quiet,
+    save,
+    spread,
+)
 
 # variant -> fit-cat options; the first is fit-cat's default (α per module, free, init 1/k, lr 0.1, 1 epoch)
 VARIANTS = {
@@ -69,15 +82,12 @@ def summary(runs: dict[str, dict[str, dict]]) -> list[dict]:
 
 def markdown(doc: dict) -> str:
     m = doc["calls"][0]
-    commands = "; ".join(
-        f"`{c['command']}` ({c['date']}, commit {c['commit']}, {c['seconds']:.0f} s)" for c in doc["calls"] if c
-    )
     lines = [
         "# CAT recipe study",
         "",
         f"Machine: {doc['machine']}",
         "",
-        f"Commands: {commands}. fit-cat on the math and code LoRAs of seeds {', '.join(doc['runs'])} (not seeds of the main "
+        f"Commands: {commands(doc)}. fit-cat on the math and code LoRAs of seeds {', '.join(doc['runs'])} (not seeds of the main "
         f"table), {m['rows']} training rows per LoRA, the same 5% sample for every variant, {m['eval']} eval "
         "items per task; accuracy in %, mean over the seeds (min–max). The default is fit-cat's: α per "
         "module, free, init 1/k (0.5 here), lr 0.1, 1 epoch; each other variant changes it in the one way its "
@@ -107,9 +117,7 @@ def main(argv=None) -> None:
     path = args.results / "cat_recipe.json"
     doc = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     began = time.perf_counter()
-    calls = doc.setdefault("calls", [doc.pop("meta")] if "meta" in doc else [])
-    this = len(calls)
-    calls.append(None)
+    this = new_call(doc)
     for seed in args.seeds:
         adapters = skill_loras(args, seed)
         done = doc["runs"].setdefault(str(seed), {})
@@ -119,7 +127,7 @@ def main(argv=None) -> None:
             out = extra_folder(args.work / f"seed{seed}", name)
             done[name] = fit_variant(args, name, adapters, ["math", "code"], out, seed, **options)
             doc |= {"machine": machine(), "summary": summary(doc["runs"])}
-            calls[this] = meta(args, time.perf_counter() - began)
+            doc["calls"][this] = meta(args, time.perf_counter() - began)
             save(args.results, "cat_recipe", doc, markdown)
 
 

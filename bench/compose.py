@@ -414,6 +414,20 @@ def meta(args, seconds: float) -> dict:
     }
 
 
+def new_call(doc: dict) -> int:
+    """A slot in doc["calls"] for this run's meta (a benchmark that adds to its results over several
+    calls keeps every call's command); returns its index."""
+    doc.setdefault("calls", []).append(None)
+    return len(doc["calls"]) - 1
+
+
+def commands(doc: dict) -> str:
+    """doc["calls"] as one line: each command with its date, commit and seconds."""
+    return "; ".join(
+        f"`{c['command']}` ({c['date']}, commit {c['commit']}, {c['seconds']:.0f} s)" for c in doc["calls"] if c
+    )
+
+
 def machine() -> str:
     import os
     import platform

@@ -63,7 +63,7 @@ class CatLinear(nn.Module):
     ):
         super().__init__()
         self.base, self.alpha = base, [alpha]  # a list: α is owned by the model once
-        self.register_buffer("present", present)  # (k,) or (groups, k): which adapters have this module
+        self.register_buffer("present", present)  # (k,), or (groups, k) for "rank": which adapters have it
         self.register_buffer("row", row)  # (R,) the α row of each rank slot
         self.register_buffer("A", A)  # (R, in)
         self.register_buffer("B", B)  # (out, R)
@@ -122,14 +122,14 @@ def slot_rows(modules: list, first: int, per_slot: bool) -> torch.Tensor:
     return torch.cat([first + torch.arange(m.rank) for m in present])
 
 
-def slot_presence(modules: list, first: int, n_groups: int) -> torch.Tensor:
-    """(n_groups, k) bool for a rank-slot module: row first + j marks the adapters with a j-th slot
-    there; every other row is all True, so a softmax over it stays finite (it is never read)."""
-    mask = torch.ones(n_groups, len(modules), dtype=torch.bool)
-    rows = max(m.rank for m in modules if m is not None)
-    mask[first : first + rows] = torch.stack(
-        [torch.tensor([m is not None and m.rank > j for m in modules]) for j in range(rows)]
-    )
+def slot_presence(adapters: list, group: dict[str, int], n_groups: int) -> torch.Tensor:
+    """(n_groups, k) bool for granularity "rank": row group[module] + j marks the adapters with a
+    j-th slot in that module (every row has one: a module has as many rows as its largest rank)."""
+    mask = torch.zeros(n_groups, len(adapters), dtype=torch.bool)
+    for name, first in group.items():
+        for i, a in enumerate(adapters):
+            if name in a.modules:
+                mask[first : first + a.modules[name].rank, i] = True
     return mask
 
 
@@ -171,17 +171,18 @@ def wrap(
     device = next(model.parameters()).device
     alpha = CatAlpha(len(labels), len(adapters), param, init).to(device)
     model.cat_alpha = alpha
+    slots = slot_presence(adapters, group, len(labels)).to(device) if per_slot else None  # shared by all
     for name in names:
         parent, _, child = name.rpartition(".")
         base = model.get_submodule(name)
         modules = [a.modules.get(name) for a in adapters]
         A, B, scale, owner = concatenate(modules, device=device)
-        present = slot_presence(modules, group[name], len(labels)) if per_slot else present_mask(modules)
+        present = slots if slots is not None else present_mask(modules).to(device)
         rows = slot_rows(modules, group[name], per_slot)
         setattr(
             model.get_submodule(parent) if parent else model,
             child,
-            CatLinear(base, A, B, scale, owner, alpha, rows.to(device), present.to(device)),
+            CatLinear(base, A, B, scale, owner, alpha, rows.to(device), present),
         )
     return alpha, labels, group
 
@@ -210,13 +211,13 @@ def folded_factors(
     adapters: list, raw: torch.Tensor, param: str, group: dict[str, int], granularity: str = "module"
 ) -> dict[str, tuple]:
     """{module: (A, B)} of the merged adapter (scale 1, float32): α·s folded into B, rank Σ r_i."""
+    if granularity == "rank":
+        values = alpha_values(raw, param, slot_presence(adapters, group, len(raw)))
+        return {name: fold_slots([a.modules.get(name) for a in adapters], values, g) for name, g in group.items()}
     out = {}
     for name, g in group.items():
         modules = [a.modules.get(name) for a in adapters]
-        if granularity == "rank":
-            out[name] = fold_slots(modules, alpha_values(raw, param, slot_presence(modules, g, len(raw))), g)
-        else:
-            out[name] = fold(modules, alpha_values(raw, param, present_mask(modules))[g])
+        out[name] = fold(modules, alpha_values(raw, param, present_mask(modules))[g])
     return out
 
 
@@ -226,14 +227,12 @@ def group_table(
     """α per group and adapter for reports; None where an adapter has no module (or rank slot) in
     the group (with softmax, the share among the adapters present in the group)."""
     n_groups, k = raw.shape
-    present = torch.zeros(n_groups, k, dtype=torch.bool)
-    for name, g in group.items():
-        modules = [a.modules.get(name) for a in adapters]
-        if granularity == "rank":
-            rows = max(m.rank for m in modules if m is not None)
-            present[g : g + rows] = slot_presence(modules, g, n_groups)[g : g + rows]
-        else:
-            present[g] |= present_mask(modules)
+    if granularity == "rank":
+        present = slot_presence(adapters, group, n_groups)
+    else:
+        present = torch.zeros(n_groups, k, dtype=torch.bool)
+        for name, g in group.items():
+            present[g] |= present_mask([a.modules.get(name) for a in adapters])
     rows = []
     for g in range(n_groups):
         values = alpha_values(raw[g : g + 1], param, present[g])[0].tolist()
